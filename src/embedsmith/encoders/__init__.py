@@ -1,0 +1,6 @@
+"""Encoders: one module per backend, one interface (:class:`embedsmith.types.Encoder`)."""
+
+from .base import BaseEncoder, TruncationWarning
+from .registry import DEFAULT_MODEL, MODELS, load_encoder
+
+__all__ = ["DEFAULT_MODEL", "MODELS", "BaseEncoder", "TruncationWarning", "load_encoder"]

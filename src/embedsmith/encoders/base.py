@@ -1,0 +1,198 @@
+"""What every backend shares: input checks, prompts, truncation warnings, dims and precision."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InvalidInputError
+from ..quantization import Int8Calibration, l2_normalize, quantize, truncate_dims
+from ..types import Kind, Precision, parse_enum
+
+log = logging.getLogger("embedsmith")
+
+
+class TruncationWarning(UserWarning):
+    """Some texts were longer than the model reads; the message says how many and by how much."""
+
+
+def cache_dir() -> Path:
+    """Where exported and assembled models live: ``$EMBEDSMITH_CACHE`` or ``~/.cache/embedsmith``."""
+    root = os.environ.get("EMBEDSMITH_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "embedsmith"
+    )
+    return Path(root)
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file, remembered per (path, size, mtime) so a model loads without rehashing."""
+    st = path.stat()
+    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    index = cache_dir() / "digests.json"
+    try:
+        known = json.loads(index.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key in known:
+        return str(known[key])
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    digest = h.hexdigest()
+    known[key] = digest
+    try:
+        index.parent.mkdir(parents=True, exist_ok=True)
+        tmp = index.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known))
+        os.replace(tmp, index)
+    except OSError:  # a read-only cache only costs a rehash next time
+        pass
+    return digest
+
+
+def check_texts(texts: Sequence[str] | str) -> list[str]:
+    """Return texts as a list, rejecting empty strings and non-strings by index."""
+    if isinstance(texts, str):
+        raise InvalidInputError("texts must be a list of strings, not a single string; wrap it: [text]")
+    out = list(texts)
+    for i, t in enumerate(out):
+        if not isinstance(t, str):
+            raise InvalidInputError(f"texts[{i}] is {type(t).__name__}, expected str")
+        if not t.strip():
+            raise InvalidInputError(f"texts[{i}] is empty")
+    return out
+
+
+def batches_by_tokens(lengths: Sequence[int], batch_size: int, max_batch_tokens: int) -> Iterator[np.ndarray]:
+    """Group indices into batches of similar length, sorted longest first.
+
+    A batch holds at most ``batch_size`` texts and, padded to its longest, at most ``max_batch_tokens``
+    tokens, so short texts travel in big batches and long ones in small batches.
+    """
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    start = 0
+    while start < len(order):
+        longest = max(1, int(lengths[order[start]]))
+        size = max(1, min(batch_size, max_batch_tokens // longest))
+        yield order[start : start + size]
+        start += size
+
+
+class BaseEncoder:
+    """Shared public boundary of all encoders. Subclasses implement ``_embed`` and ``_token_lengths``.
+
+    Attributes:
+        name: model name or alias.
+        dim: output dimension.
+        max_tokens: tokens the model reads per text, special and prompt tokens included.
+        fingerprint: identifies weights, backend and quantisation.
+        prompts: prefix per kind ('query', 'document') added before encoding.
+    """
+
+    name: str
+    dim: int
+    max_tokens: int
+    fingerprint: str
+    backend: str = ""
+    prompts: dict[str, str]
+    # When True the model itself reads long texts in windows (nothing is cut); warnings say so.
+    windows_long_texts: bool = False
+    default_batch_size: int = 32
+
+    # -- to implement -------------------------------------------------------------------------------
+    def _token_lengths(self, texts: list[str], kind: Kind | None) -> list[int]:
+        raise NotImplementedError
+
+    def _embed(self, texts: list[str], kind: Kind | None, batch_size: int, show_progress: bool) -> np.ndarray:
+        """Return float32 [n, dim] pooled vectors, in input order."""
+        raise NotImplementedError
+
+    # -- shared -------------------------------------------------------------------------------------
+    def _prompt(self, kind: Kind | None) -> str:
+        return self.prompts.get(kind.value, "") if kind is not None else ""
+
+    def count_tokens(self, texts: Sequence[str], *, kind: str | Kind | None = None) -> list[int]:
+        """Tokens per text as the model sees them (prompt and special tokens included, before any cut)."""
+        k = parse_enum(Kind, kind, "kind") if kind is not None else None
+        return self._token_lengths(check_texts(texts), k)
+
+    def _warn_long(self, lengths: Sequence[int]) -> None:
+        over = [n for n in lengths if n > self.max_tokens]
+        if not over:
+            return
+        if self.windows_long_texts:
+            msg = (
+                f"{len(over)} of {len(lengths)} texts exceed {self.name}'s {self.max_tokens} tokens "
+                f"(longest {max(over)}); the model averaged {self.max_tokens}-token windows for them, "
+                "which blurs their meaning: chunk long documents first"
+            )
+        else:
+            cut = sum(n - self.max_tokens for n in over)
+            msg = (
+                f"{len(over)} of {len(lengths)} texts exceed {self.name}'s {self.max_tokens} tokens "
+                f"(longest {max(over)}); {cut} tokens were cut off: chunk long documents first"
+            )
+        warnings.warn(msg, TruncationWarning, stacklevel=3)
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        *,
+        kind: str | Kind | None = None,
+        batch_size: int | None = None,
+        normalize: bool = True,
+        dims: int | None = None,
+        precision: str | Precision = Precision.FLOAT32,
+        calibration: Int8Calibration | None = None,
+        show_progress: bool = False,
+    ) -> np.ndarray:
+        """Encode texts.
+
+        Args:
+            texts: non-empty strings.
+            kind: 'query' or 'document' adds the model's prompt for that kind; None adds none.
+            batch_size: texts per forward pass (an upper bound; long texts go in smaller batches).
+            normalize: scale vectors to unit length (after any ``dims`` cut). When False, vectors are the
+                model's own output, which for models ending in a Normalize layer is unit length anyway.
+            dims: keep the first ``dims`` dimensions (Matryoshka), renormalised when ``normalize``.
+            precision: float32 | float16 | int8 | binary.
+            calibration: int8 ranges; the default (see :meth:`Int8Calibration.default`) assumes unit vectors.
+            show_progress: show a progress bar.
+
+        Returns:
+            An array of shape [n, dim] (or [n, dims]): float32, float16 or int8; for ``binary`` a uint8
+            array of shape [n, ceil(dim / 8)] with 8 sign bits per byte (``numpy.packbits`` order).
+
+        Raises:
+            InvalidInputError: an empty or non-string text (named by index), a bad ``dims``, ``kind``,
+                ``precision`` or ``batch_size``.
+        """
+        items = check_texts(texts)
+        k = parse_enum(Kind, kind, "kind") if kind is not None else None
+        p = parse_enum(Precision, precision, "precision")
+        if dims is not None:
+            truncate_dims(np.zeros((1, self.dim), np.float32), dims)  # validates before any work
+        if batch_size is not None and (isinstance(batch_size, bool) or batch_size <= 0):
+            raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if p is Precision.INT8 and calibration is None and not normalize:
+            raise InvalidInputError("int8 without normalize needs a calibration (Int8Calibration.from_vectors)")
+        out_dim = dims or self.dim
+        if not items:
+            return quantize(np.zeros((0, out_dim), np.float32), p)
+        vectors = self._embed(items, k, batch_size or self.default_batch_size, show_progress)
+        if dims is not None:
+            vectors = truncate_dims(vectors, dims, normalize=normalize)
+        elif normalize:
+            vectors = l2_normalize(vectors)
+        return quantize(vectors, p, calibration=calibration)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, dim={self.dim}, backend={self.backend!r})"

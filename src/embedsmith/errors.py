@@ -1,0 +1,34 @@
+"""Errors raised by embedsmith. Every public failure is an :class:`EmbedsmithError`."""
+
+from __future__ import annotations
+
+
+class EmbedsmithError(Exception):
+    """Base class of every error embedsmith raises on purpose."""
+
+
+class InvalidInputError(EmbedsmithError, ValueError):
+    """A value passed to a public function is not acceptable; the message names it."""
+
+
+class ModelNotFoundError(EmbedsmithError, LookupError):
+    """A model alias or folder cannot be resolved to local weights."""
+
+
+class MissingExtraError(EmbedsmithError, ImportError):
+    """An optional dependency is missing; the message names the extra to install."""
+
+    def __init__(self, what: str, extra: str, package: str | None = None) -> None:
+        pkg = f" (package {package!r} is not installed)" if package else ""
+        super().__init__(f"{what} needs the '{extra}' extra{pkg}: pip install 'embedsmith[{extra}]'")
+        self.extra = extra
+
+
+def require(module: str, *, extra: str, what: str) -> object:
+    """Import ``module`` or raise :class:`MissingExtraError` naming ``extra``."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingExtraError(what, extra, module.split(".")[0]) from exc

@@ -1,0 +1,77 @@
+"""Shared value types and protocols. Stages exchange these, never each other's internals."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from typing import Protocol, TypeVar, runtime_checkable
+
+import numpy as np
+
+from .errors import InvalidInputError
+
+_E = TypeVar("_E", bound=enum.Enum)
+
+
+def parse_enum(cls: type[_E], value: str | _E, what: str) -> _E:
+    """Convert ``value`` to ``cls`` once, listing the allowed values when it is not one of them."""
+    if isinstance(value, cls):
+        return value
+    try:
+        return cls(str(value).lower())
+    except ValueError:
+        allowed = ", ".join(m.value for m in cls)
+        raise InvalidInputError(f"unknown {what} {value!r}; expected one of: {allowed}") from None
+
+
+class Metric(enum.StrEnum):
+    """Similarity/distance functions. Scores are always 'higher is closer'."""
+
+    COSINE = "cosine"
+    DOT = "dot"
+    L2 = "l2"
+    MANHATTAN = "manhattan"
+
+
+class Precision(enum.StrEnum):
+    """Output precision of vectors. ``binary`` packs 8 dimensions per uint8 byte."""
+
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+    INT8 = "int8"
+    BINARY = "binary"
+
+
+class Kind(enum.StrEnum):
+    """What a text is, which selects the model's prompt."""
+
+    QUERY = "query"
+    DOCUMENT = "document"
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """What every encoder offers; chunking, collections and evaluation rely on nothing else."""
+
+    name: str
+    dim: int
+    max_tokens: int
+    fingerprint: str
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Token counts including special tokens and the prompt (for ``kind=None``)."""
+        ...
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        *,
+        kind: str | Kind | None = None,
+        batch_size: int | None = None,
+        normalize: bool = True,
+        dims: int | None = None,
+        precision: str | Precision = Precision.FLOAT32,
+        show_progress: bool = False,
+    ) -> np.ndarray:
+        """Encode texts to an array of shape ``[n, dim]``."""
+        ...

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import SEED
+
+
+def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "embedsmith.cli", *args], capture_output=True, text=True, env=dict(os.environ)
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(proc.stderr)
+    return proc
+
+
+def test_help_lists_commands():
+    out = run("--help").stdout
+    for cmd in ("embed", "similarity", "models"):
+        assert cmd in out
+
+
+def test_embed_json_and_outputs(tmp_path):
+    data = json.loads(run("embed", *SEED, "--json", "--backend", "onnx").stdout)
+    assert data["model"] == "minilm" and data["dim"] == 384
+    v = np.array(data["vectors"])
+    assert v.shape == (3, 384)
+    assert v[0] @ v[1] - v[0] @ v[2] >= 0.3
+    inp = tmp_path / "in.txt"
+    inp.write_text("first line\n\nsecond line\n")
+    run("embed", "--input", str(inp), "--dims", "64", "--output", str(tmp_path / "v.npy"))
+    assert np.load(tmp_path / "v.npy").shape == (2, 64)
+    run("embed", "x", "--precision", "int8", "--output", str(tmp_path / "v.jsonl"))
+    row = json.loads((tmp_path / "v.jsonl").read_text())
+    assert row["text"] == "x" and len(row["vector"]) == 384 and all(isinstance(i, int) for i in row["vector"])
+
+
+def test_similarity_json():
+    data = json.loads(run("similarity", *SEED, "--json", "--metric", "l2").stdout)
+    m = np.array(data["matrix"])
+    assert data["metric"] == "l2" and m.shape == (3, 3)
+    np.testing.assert_allclose(np.diag(m), 0, atol=1e-3)
+    assert m[0, 1] < m[0, 2]
+
+
+def test_models_json():
+    rows = {r["alias"]: r for r in json.loads(run("models", "--json").stdout)}
+    assert rows["minilm"]["dim"] == 384 and rows["minilm"]["available_offline"]
+    assert rows["mpnet"]["dim"] == 768
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("embed", ""), "texts[0] is empty"),
+        (("embed", "x", "--model", "nope"), "unknown model 'nope'"),
+        (("embed", "x", "--dims", "999"), "dims=999 is larger than the model's dimension 384"),
+        (("similarity", "a", "b", "--metric", "jaccard"), "unknown metric 'jaccard'"),
+        (("similarity", "a"), "at least two texts"),
+        (("embed", "--input", "/no/such/file"), "does not exist"),
+    ],
+)
+def test_errors_are_one_line_without_traceback(args, message):
+    proc = run(*args, check=False)
+    assert proc.returncode == 1
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr
+
+
+def test_debug_shows_traceback():
+    proc = run("--debug", "embed", "", check=False)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
