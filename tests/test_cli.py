@@ -77,3 +77,33 @@ def test_errors_are_one_line_without_traceback(args, message):
 def test_debug_shows_traceback():
     proc = run("--debug", "embed", "", check=False)
     assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_index_search_delete_compact_collections(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "cats.txt").write_text("Cats are small domesticated felines that purr.")
+    (docs / "notes.md").write_text("# Markets\nStock markets fell sharply on interest rate fears.")
+    (tmp_path / "corpus.jsonl").write_text(
+        json.dumps({"_id": "w1", "title": "Wings", "text": "Lift on a swept wing at high speed."}) + "\n"
+        + json.dumps({"_id": "w2", "title": "Heat", "text": "Heat conduction in composite slabs."}) + "\n"
+    )
+    store = str(tmp_path / "store")
+    out = run("index", str(docs), str(tmp_path / "corpus.jsonl"), "--collection", "kb", "--store", store).stdout
+    assert "kb: 4 records" in out
+    res = json.loads(run("search", "kitten", "--collection", "kb", "--store", store, "-k", "2", "--json").stdout)
+    assert res["hits"][0]["id"].endswith("cats.txt") and len(res["hits"]) == 2
+    res = json.loads(run("search", "aerodynamics", "-c", "kb", "--store", store, "--json",
+                         "--where", '{"title": {"$in": ["Wings", "Heat"]}}').stdout)
+    assert res["hits"][0]["id"] == "w1" and {h["id"] for h in res["hits"]} == {"w1", "w2"}
+    assert "deleted 1" in run("delete", "-c", "kb", "--store", store, "--ids", "w2").stdout
+    assert "dropped 1" in run("compact", "-c", "kb", "--store", store).stdout
+    rows = json.loads(run("collections", "--store", store, "--json").stdout)
+    assert rows[0]["name"] == "kb" and rows[0]["count"] == 3 and rows[0]["model"] == "minilm"
+    # Re-indexing the same files replaces records by id instead of duplicating them.
+    run("index", str(docs), "--collection", "kb", "--store", store)
+    assert json.loads(run("collections", "--store", store, "--json").stdout)[0]["count"] == 3
+    bad = run("search", "x", "-c", "kb", "--store", store, "--where", '{"a": {"$regex": 1}}', check=False)
+    assert bad.returncode == 1 and "unknown filter operator '$regex'" in bad.stderr
+    missing = run("search", "x", "-c", "nope", "--store", store, check=False)
+    assert missing.returncode == 1 and "no collection 'nope'" in missing.stderr

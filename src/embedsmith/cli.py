@@ -158,12 +158,232 @@ def models(as_json: JsonOpt = False) -> None:
     Console().print(table)
 
 
+StoreOpt = Annotated[str | None, typer.Option("--store", help="store folder (default: $EMBEDSMITH_HOME)")]
+CollectionOpt = Annotated[str, typer.Option("--collection", "-c", help="collection name")]
+
+
+def _records_from_files(paths: list[Path], text_field: str, id_field: str | None) -> list[dict[str, Any]]:
+    """One record per .txt/.md file, one per line of .jsonl (a 'text' field, or BEIR's title + text)."""
+    from .errors import InvalidInputError
+
+    files: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in (".txt", ".md", ".jsonl") and f.is_file())
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise InvalidInputError(f"path {str(p)!r} does not exist")
+    records: list[dict[str, Any]] = []
+    for f in files:
+        if f.suffix.lower() == ".jsonl":
+            for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError as exc:
+                    raise InvalidInputError(f"{f}:{n} is not JSON: {exc}") from None
+                text = row.get(text_field) or ""
+                if row.get("title"):
+                    text = f"{row['title']}\n{text}" if text else row["title"]
+                if not str(text).strip():
+                    raise InvalidInputError(f"{f}:{n} has no {text_field!r} field")
+                rid = row.get(id_field) if id_field else row.get("_id", row.get("id"))
+                meta = {k: v for k, v in (row.get("metadata") or {}).items()}
+                meta.update(source=str(f), line=n)
+                if row.get("title"):
+                    meta["title"] = row["title"]
+                records.append({"id": str(rid) if rid is not None else f"{f}:{n}", "text": text, "metadata": meta})
+        elif f.suffix.lower() in (".txt", ".md"):
+            text = f.read_text(encoding="utf-8")
+            if text.strip():
+                records.append({"id": str(f), "text": text, "metadata": {"source": str(f)}})
+        else:
+            raise InvalidInputError(f"cannot index {str(f)!r}: expected .txt, .md or .jsonl")
+    if not records:
+        raise InvalidInputError("no texts found to index")
+    return records
+
+
 @app.command()
-def quickstart(model: ModelOpt = "minilm", backend: BackendOpt = "auto") -> None:
-    """The bundled demo: embed three sentences and print their similarity matrix."""
+def index(
+    paths: Annotated[list[Path], typer.Argument(help="files or folders (.txt, .md, .jsonl)")],
+    collection: CollectionOpt,
+    store: StoreOpt = None,
+    model: ModelOpt = "minilm",
+    backend: BackendOpt = "auto",
+    metric: Annotated[str | None, typer.Option(help="cosine | dot | l2 | manhattan (new collections)")] = None,
+    precision: Annotated[str | None, typer.Option(help="float32 | float16 | int8 | binary (new collections)")] = None,
+    dims: Annotated[int | None, typer.Option(help="index the first N dimensions (new collections)")] = None,
+    text_field: Annotated[str, typer.Option(help="JSONL text field")] = "text",
+    id_field: Annotated[str | None, typer.Option(help="JSONL id field (default _id or id)")] = None,
+    batch: Annotated[int, typer.Option(help="records per transaction")] = 256,
+) -> None:
+    """Embed files into a collection (upserting by id), with a progress bar."""
+    from tqdm.auto import tqdm
+
+    from .store import list_collections, open_collection
+
+    records = _records_from_files(paths, text_field, id_field)
+    exists = collection in list_collections(store)
+    enc = None if exists and model == "minilm" else _encoder(model, backend, "auto")
+    with open_collection(collection, store=store, encoder=enc, metric=metric, precision=precision, dims=dims) as c:
+        with tqdm(total=len(records), desc=f"indexing into {collection}", unit="doc") as bar:
+            for i in range(0, len(records), batch):
+                part = records[i : i + batch]
+                c.upsert(part)
+                bar.update(len(part))
+        print(f"{collection}: {c.count()} records ({c.settings.model}, dim {c.dim}, {c.precision.value}, "
+              f"{c.metric.value})")
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="query text")],
+    collection: CollectionOpt,
+    store: StoreOpt = None,
+    k: Annotated[int, typer.Option("-k", help="hits to return")] = 10,
+    where: Annotated[str | None, typer.Option(help='metadata filter as JSON, e.g. {"lang": "en"}')] = None,
+    exact: Annotated[bool, typer.Option(help="brute-force search")] = False,
+    ef: Annotated[int | None, typer.Option(help="HNSW search breadth")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Search a collection."""
+    from .store import open_collection
+
+    flt = _parse_where(where)
+    with open_collection(collection, store=store, create=False) as c:
+        hits = c.search(query, k=k, where=flt, exact=exact, ef=ef)
+    if as_json:
+        print(json.dumps({"collection": collection, "query": query, "hits": hits.to_dicts()}, ensure_ascii=False))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{collection}: {query!r}")
+    for col in ("#", "score", "id", "text"):
+        table.add_column(col)
+    for n, h in enumerate(hits, start=1):
+        table.add_row(str(n), f"{h.score:.4f}", h.id, (h.text or "").replace("\n", " ")[:100])
+    Console().print(table)
+
+
+def _parse_where(where: str | None) -> dict[str, Any] | None:
+    if where is None:
+        return None
+    from .errors import InvalidInputError
+
+    try:
+        flt = json.loads(where)
+    except ValueError as exc:
+        raise InvalidInputError(f"--where is not JSON: {exc}") from None
+    if not isinstance(flt, dict):
+        raise InvalidInputError(f"--where must be a JSON object, got {where!r}")
+    return flt
+
+
+@app.command()
+def delete(
+    collection: CollectionOpt,
+    store: StoreOpt = None,
+    ids: Annotated[list[str] | None, typer.Option("--ids", help="ids to delete (repeatable)")] = None,
+    where: Annotated[str | None, typer.Option(help="metadata filter as JSON")] = None,
+) -> None:
+    """Soft-delete records by id or filter (compact reclaims the space)."""
+    from .store import open_collection
+
+    with open_collection(collection, store=store, create=False) as c:
+        n = c.delete(ids=ids or None, where=_parse_where(where))
+    print(f"deleted {n} record(s) from {collection}")
+
+
+@app.command()
+def compact(collection: CollectionOpt, store: StoreOpt = None) -> None:
+    """Drop deleted records, reclaim disk and rebuild the ANN index."""
+    from .store import open_collection
+
+    with open_collection(collection, store=store, create=False) as c:
+        stats = c.compact()
+    print(f"{collection}: dropped {stats['dropped']} deleted record(s); "
+          f"{stats['bytes_before']:,} -> {stats['bytes_after']:,} bytes")
+
+
+@app.command()
+def collections(store: StoreOpt = None, as_json: JsonOpt = False) -> None:
+    """List collections: count, model, dimension, precision, metric, size on disk."""
+    from .store import list_collections, open_collection
+
+    rows = []
+    for name in list_collections(store):
+        with open_collection(name, store=store, create=False) as c:
+            rows.append(c.info())
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="collections")
+    for col in ("name", "count", "model", "dim", "precision", "metric", "disk"):
+        table.add_column(col)
+    for r in rows:
+        dim = f"{r['dims']} of {r['dim']}" if r["dims"] != r["dim"] else str(r["dim"])
+        table.add_row(r["name"], str(r["count"]), str(r["model"]), dim, r["precision"], r["metric"],
+                      f"{r['disk_bytes'] / 1e6:.1f} MB")
+    Console().print(table)
+
+
+@app.command()
+def reembed(
+    collection: CollectionOpt,
+    to: Annotated[str, typer.Option("--to", help="name of the new collection")],
+    model: ModelOpt,
+    store: StoreOpt = None,
+    backend: BackendOpt = "auto",
+) -> None:
+    """Re-embed a collection's texts with another model into a new collection (ids and metadata kept)."""
+    from tqdm.auto import tqdm
+
+    from .errors import InvalidInputError
+    from .store import open_collection
+
+    enc = _encoder(model, backend, "auto")
+    with open_collection(collection, store=store, create=False) as src:
+        s = src.settings
+        with open_collection(to, store=store, encoder=enc, metric=s.metric, precision=s.precision) as dst:
+            with tqdm(total=src.count(), desc=f"re-embedding {collection} -> {to}", unit="doc") as bar:
+                for batch in src.iter_records(batch=256):
+                    missing = [r["id"] for r in batch if not r["text"]]
+                    if missing:
+                        raise InvalidInputError(f"record {missing[0]!r} has no text to re-embed")
+                    dst.upsert([{"id": r["id"], "text": r["text"], "metadata": r["metadata"]} for r in batch])
+                    bar.update(len(batch))
+            print(f"{to}: {dst.count()} records ({dst.settings.model}, dim {dst.dim})")
+
+
+@app.command()
+def quickstart(
+    model: ModelOpt = "minilm",
+    backend: BackendOpt = "auto",
+    store: Annotated[str | None, typer.Option(help="store folder (default: a temporary folder)")] = None,
+) -> None:
+    """The bundled demo: a similarity matrix, then index 200 Cranfield abstracts and run two searches."""
+    import tempfile
+    from importlib.resources import files
+
     sentences = ["A cat sits on the mat.", "A feline rests on a rug.", "The stock market fell sharply today."]
     print(f"embedsmith quickstart: {len(sentences)} sentences with {model!r}")
     similarity(sentences, model=model, backend=backend, device="auto", metric="cosine", as_json=False)
+    sample = Path(str(files("embedsmith") / "data" / "cranfield-sample.jsonl"))
+    with tempfile.TemporaryDirectory(prefix="embedsmith-demo-") as tmp:
+        where = store or tmp
+        index([sample], collection="cranfield-sample", store=where, model=model, backend=backend, metric=None,
+              precision=None, dims=None, text_field="text", id_field=None, batch=256)
+        for query in ("what similarity laws must be obeyed when constructing aeroelastic models of heated "
+                      "high speed aircraft", "heat conduction in composite slabs"):
+            search(query, collection="cranfield-sample", store=where, k=3, where=None, exact=False, ef=None,
+                   as_json=False)
 
 
 def main() -> None:
@@ -173,7 +393,18 @@ def main() -> None:
     debug = "--debug" in sys.argv
     if debug:
         sys.argv.remove("--debug")
-    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="embedsmith: %(message)s")
+    import warnings
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("embedsmith: %(message)s"))
+    logger = logging.getLogger("embedsmith")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if debug else logging.INFO)
+    logger.propagate = False
+    if not debug:
+        warnings.showwarning = lambda message, category, *_a, **_k: print(
+            f"embedsmith: warning: {message}", file=sys.stderr
+        )
     from .errors import EmbedsmithError
 
     try:

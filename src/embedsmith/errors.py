@@ -32,3 +32,11 @@ def require(module: str, *, extra: str, what: str) -> object:
         return importlib.import_module(module)
     except ImportError as exc:
         raise MissingExtraError(what, extra, module.split(".")[0]) from exc
+
+
+class StoreError(EmbedsmithError):
+    """A collection cannot be opened or written: locked, unwritable, or from a newer format."""
+
+
+class SettingsMismatchError(EmbedsmithError, ValueError):
+    """A collection was opened with settings (model, metric, precision, ...) other than those it records."""

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
-from typing import Protocol, TypeVar, runtime_checkable
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -75,3 +76,40 @@ class Encoder(Protocol):
     ) -> np.ndarray:
         """Encode texts to an array of shape ``[n, dim]``."""
         ...
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result. ``score`` is higher-is-better (distances are negated)."""
+
+    id: str
+    score: float
+    text: str | None
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Hits:
+    """Search results, best first; ties are broken by id.
+
+    Scores are always higher-is-better whatever the metric: cosine similarity, dot product, and the
+    *negated* L2 or Manhattan distance.
+    """
+
+    ids: list[str] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    texts: list[str | None] = field(default_factory=list)
+    metadata: list[dict[str, Any]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __iter__(self) -> Iterator[Hit]:
+        for i, s, t, m in zip(self.ids, self.scores, self.texts, self.metadata, strict=True):
+            yield Hit(i, s, t, m)
+
+    def __getitem__(self, i: int) -> Hit:
+        return Hit(self.ids[i], self.scores[i], self.texts[i], self.metadata[i])
+
+    def to_dicts(self) -> list[dict[str, Any]]:
+        return [{"id": h.id, "score": h.score, "text": h.text, "metadata": h.metadata} for h in self]

@@ -1,0 +1,198 @@
+"""The derived ANN index: faiss HNSW over a collection's vectors, keyed by write sequence number.
+
+It is a cache of what SQLite holds. It is saved at intervals and on close (temp file, fsync, rename),
+stamped with the last sequence number it contains, caught up from SQLite on open, and rebuilt when
+missing or damaged. Deleted rows stay in the graph until compaction; callers filter them out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import require
+from ..quantization import Int8Calibration, l2_normalize
+from ..types import Metric, Precision
+
+FORMAT = 1
+
+
+class DamagedIndexError(Exception):
+    """The index file is missing, truncated or does not match its stamp."""
+
+
+def _faiss() -> Any:
+    return require("faiss", extra="store", what="the vector index")
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """What the index holds: the first ``dims`` dimensions, in ``precision``, compared by ``metric``."""
+
+    dims: int
+    metric: Metric
+    precision: Precision
+    m: int = 32
+    ef_construction: int = 128
+    calibration: Int8Calibration | None = None
+
+    def prepare(self, vectors: np.ndarray) -> np.ndarray:
+        """Map stored full vectors [n, dim] to what the index takes: cut, renormalised, packed if binary."""
+        v = np.ascontiguousarray(vectors[:, : self.dims], dtype=np.float32)
+        if self.metric is Metric.COSINE:
+            v = l2_normalize(v)
+        if self.precision is Precision.BINARY:
+            return np.packbits(v > 0, axis=1)
+        return v
+
+
+class AnnIndex:
+    """faiss HNSW (flat, fp16, int8 or binary storage) wrapped in an id map of sequence numbers."""
+
+    def __init__(self, spec: IndexSpec, index: Any = None, last_seq: int = 0) -> None:
+        faiss = _faiss()
+        self.spec = spec
+        self.last_seq = last_seq
+        self._keys: np.ndarray | None = None
+        if index is not None:
+            self.index = index  # owns the graph; ``_inner`` is a typed view of it
+            binary = spec.precision is Precision.BINARY
+            self._inner = (faiss.downcast_IndexBinary if binary else faiss.downcast_index)(index.index)
+            return
+        p = spec.precision
+        if p is Precision.BINARY:
+            inner = faiss.IndexBinaryHNSW(spec.dims, spec.m)
+            self.index = faiss.IndexBinaryIDMap(inner)
+        else:
+            fm = {Metric.COSINE: faiss.METRIC_INNER_PRODUCT, Metric.DOT: faiss.METRIC_INNER_PRODUCT,
+                  Metric.L2: faiss.METRIC_L2, Metric.MANHATTAN: faiss.METRIC_L1}[spec.metric]
+            if p is Precision.FLOAT32:
+                inner = faiss.IndexHNSWFlat(spec.dims, spec.m, fm)
+            else:
+                qt = faiss.ScalarQuantizer.QT_fp16 if p is Precision.FLOAT16 else faiss.ScalarQuantizer.QT_8bit
+                inner = faiss.IndexHNSWSQ(spec.dims, qt, spec.m, fm)
+                storage = faiss.downcast_index(inner.storage)
+                if p is Precision.INT8:
+                    # Fixed ranges from the collection, never trained on the data that happens to arrive first.
+                    cal = spec.calibration or Int8Calibration.default(spec.dims)
+                    params = np.concatenate([cal.low[: spec.dims], (cal.high - cal.low)[: spec.dims]])
+                    faiss.copy_array_to_vector(params.astype(np.float32), storage.sq.trained)
+                storage.is_trained = True
+                inner.is_trained = True
+            self.index = faiss.IndexIDMap(inner)
+        self._inner = inner  # the id map does not own it: keep the Python reference alive
+        inner.hnsw.efConstruction = spec.ef_construction
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        """Add full vectors [n, dim] under int64 keys (their sequence numbers)."""
+        if len(keys) == 0:
+            return
+        self.index.add_with_ids(self.spec.prepare(vectors), np.asarray(keys, dtype=np.int64))
+        self.last_seq = max(self.last_seq, int(np.max(keys)))
+        self._keys = None
+
+    def search(self, query: np.ndarray, k: int, *, ef: int = 64, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Nearest keys to one full query vector [dim].
+
+        Returns:
+            (keys int64 [<=k], scores float32 [<=k]) best first, scores higher-is-better.
+        """
+        faiss = _faiss()
+        k = min(k, self.ntotal)
+        if k <= 0:
+            return np.empty(0, np.int64), np.empty(0, np.float32)
+        q = self.spec.prepare(query.reshape(1, -1))
+        inner = self._inner
+        if exact:
+            if self.spec.precision is Precision.BINARY:
+                storage = faiss.downcast_IndexBinary(inner.storage)
+            else:
+                storage = faiss.downcast_index(inner.storage)
+            dist, pos = storage.search(q, k)
+            if self._keys is None:
+                self._keys = faiss.vector_to_array(self.index.id_map)
+            keys = np.where(pos[0] >= 0, self._keys[np.maximum(pos[0], 0)], -1)
+        else:
+            inner.hnsw.efSearch = max(ef, k)
+            dist, keys2 = self.index.search(q, k)
+            keys = keys2[0]
+        d = dist[0].astype(np.float32)
+        ok = keys >= 0
+        return keys[ok].astype(np.int64), self._scores(d[ok])
+
+    def _scores(self, d: np.ndarray) -> np.ndarray:
+        if self.spec.precision is Precision.BINARY:
+            return -d  # Hamming distance, only used for the shortlist
+        if self.spec.metric is Metric.L2:
+            return -np.sqrt(np.maximum(d, 0))
+        if self.spec.metric is Metric.MANHATTAN:
+            return -d
+        return d
+
+    # -- persistence -----------------------------------------------------------------------------------
+    def save(self, folder: Path) -> None:
+        """Write ``ann-<seq>.faiss`` and then the stamp ``ann.json`` that names it, both atomically."""
+        faiss = _faiss()
+        name = f"ann-{self.last_seq}.faiss"
+        tmp = folder / f".{name}.{os.getpid()}.tmp"
+        writer = faiss.write_index_binary if self.spec.precision is Precision.BINARY else faiss.write_index
+        writer(self.index, str(tmp))
+        _fsync(tmp)
+        os.replace(tmp, folder / name)
+        stamp = {"format": FORMAT, "file": name, "last_seq": self.last_seq, "ntotal": self.ntotal,
+                 "bytes": (folder / name).stat().st_size}
+        tmp_stamp = folder / f".ann.json.{os.getpid()}.tmp"
+        tmp_stamp.write_text(json.dumps(stamp))
+        _fsync(tmp_stamp)
+        os.replace(tmp_stamp, folder / "ann.json")
+        _fsync_dir(folder)
+        for old in folder.glob("ann-*.faiss"):
+            if old.name != name:
+                old.unlink(missing_ok=True)
+
+    @classmethod
+    def load(cls, folder: Path, spec: IndexSpec) -> AnnIndex:
+        """Load the stamped index, or raise :class:`DamagedIndexError` saying what is wrong."""
+        faiss = _faiss()
+        try:
+            stamp = json.loads((folder / "ann.json").read_text())
+            path = folder / stamp["file"]
+            size = path.stat().st_size
+        except FileNotFoundError as exc:
+            raise DamagedIndexError("no index file") from exc
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DamagedIndexError(f"unreadable stamp: {exc}") from exc
+        if stamp.get("format") != FORMAT or size != stamp.get("bytes"):
+            raise DamagedIndexError(f"{path.name} has {size} bytes, its stamp says {stamp.get('bytes')}")
+        reader = faiss.read_index_binary if spec.precision is Precision.BINARY else faiss.read_index
+        try:
+            index = reader(str(path))
+        except RuntimeError as exc:
+            raise DamagedIndexError(f"{path.name} does not load: {str(exc).splitlines()[0]}") from exc
+        if index.ntotal != stamp["ntotal"] or index.d != spec.dims:
+            raise DamagedIndexError(f"{path.name} holds {index.ntotal} vectors, its stamp says {stamp['ntotal']}")
+        return cls(spec, index=index, last_seq=int(stamp["last_seq"]))
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        _fsync(path)
+    except OSError:  # some filesystems refuse fsync on directories; the rename is still atomic
+        pass
