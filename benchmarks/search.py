@@ -47,7 +47,7 @@ def real_texts() -> list[str]:
     with open(SHARED / "banking77" / "train.csv", newline="", encoding="utf-8") as fh:
         texts += [r["text"] for r in csv.DictReader(fh)]
     for f in sorted((SHARED / "tatoeba").glob("*")):
-        if f.is_file() and "eng" in f.name:
+        if f.is_file() and f.name.startswith("tatoeba."):
             texts += f.read_text(encoding="utf-8").splitlines()
     for line in (SHARED / "cranfield-beir-dev" / "corpus.jsonl").read_text().splitlines():
         row = json.loads(line)

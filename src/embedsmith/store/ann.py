@@ -42,9 +42,14 @@ class IndexSpec:
     calibration: Int8Calibration | None = None
 
     def prepare(self, vectors: np.ndarray) -> np.ndarray:
-        """Map stored full vectors [n, dim] to what the index takes: cut, renormalised, packed if binary."""
+        """Map stored full vectors [n, dim] to what the index takes: cut, renormalised, packed if binary.
+
+        For cosine, full vectors arrive unit-length (the collection normalises them), so only a cut
+        needs renormalising.
+        """
+        cut = vectors.shape[1] > self.dims
         v = np.ascontiguousarray(vectors[:, : self.dims], dtype=np.float32)
-        if self.metric is Metric.COSINE:
+        if self.metric is Metric.COSINE and cut:
             v = l2_normalize(v)
         if self.precision is Precision.BINARY:
             return np.packbits(v > 0, axis=1)

@@ -612,7 +612,7 @@ class Collection:
         if not np.isfinite(q).all():
             raise InvalidInputError("query vector contains NaN or infinity")
         if self.settings.metric is Metric.COSINE:
-            norm = float(np.linalg.norm(q))
+            norm = float(np.sqrt(q @ q))
             if norm == 0:
                 raise InvalidInputError("query vector is all zeros (no cosine)")
             q = q / norm
@@ -661,10 +661,16 @@ class Collection:
         with self._lock:
             self._sync()
             use_exact = exact or self._live <= self.exact_below
-            want = k * factor * (1 if where is None else 10) + self._dead
-            keys, _ = self._index.search(q, want, ef=ef, exact=use_exact)
-            rows = self._fetch(keys, sql, params)
-            hits = self._rank(q, rows, k)
+            # Oversample for rescoring, filters and deleted rows still in the graph; beyond the cap the
+            # exact scan below takes over.
+            want = min(k * factor * (1 if where is None else 10) + self._dead, max(10_000, k * factor * 10))
+            keys, scores = self._index.search(q, want, ef=ef, exact=use_exact)
+            if approximate_codes:
+                hits = self._rank(q, self._fetch(keys, sql, params, vectors=True), k)
+            else:  # the graph's scores are exact: no need to read vectors back
+                score_of = dict(zip(keys.tolist(), scores.tolist(), strict=True))
+                rows = self._fetch(keys, sql, params, vectors=False)
+                hits = sorted(((score_of[r[0]], r[1], r[2], r[3]) for r in rows), key=lambda h: (-h[0], h[1]))[:k]
             if len(hits) < k:
                 matching = self._conn.execute(
                     f"SELECT COUNT(*) FROM records WHERE deleted = 0 AND {sql}", params
@@ -675,17 +681,18 @@ class Collection:
             ids=[h[1] for h in hits],
             scores=[h[0] for h in hits],
             texts=[h[2] for h in hits],
-            metadata=[json.loads(h[3]) for h in hits],
+            metadata=[{} if h[3] == "{}" else json.loads(h[3]) for h in hits],
         )
 
-    def _fetch(self, keys: np.ndarray, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+    def _fetch(self, keys: np.ndarray, sql: str, params: list[Any], *, vectors: bool) -> list[tuple[Any, ...]]:
+        """Live rows among ``keys`` that pass the filter: (id, text, metadata, vector) or (seq, id, text, metadata)."""
         rows: list[tuple[Any, ...]] = []
-        key_list = [int(x) for x in keys]
+        cols = "id, text, metadata, vector" if vectors else "seq, id, text, metadata"
+        key_list = keys.tolist()
         for part in _chunks(key_list, _SQL_VARS - len(params)):
             marks = ",".join("?" * len(part))
             rows += self._conn.execute(
-                f"SELECT id, text, metadata, vector FROM records WHERE seq IN ({marks}) AND deleted = 0 AND {sql}",
-                (*part, *params),
+                f"SELECT {cols} FROM records WHERE seq IN ({marks}) AND deleted = 0 AND {sql}", (*part, *params)
             ).fetchall()
         return rows
 
