@@ -90,9 +90,14 @@ def test_index_search_delete_compact_collections(tmp_path):
     )
     store = str(tmp_path / "store")
     out = run("index", str(docs), str(tmp_path / "corpus.jsonl"), "--collection", "kb", "--store", store).stdout
-    assert "kb: 4 records" in out
+    assert "3 file(s) indexed (4 documents, 4 chunks)" in out and "4 chunks stored" in out
     res = json.loads(run("search", "kitten", "--collection", "kb", "--store", store, "-k", "2", "--json").stdout)
     assert res["hits"][0]["id"].endswith("cats.txt") and len(res["hits"]) == 2
+    res = json.loads(run("search", "purring felines", "-c", "kb", "--store", store, "--mode", "hybrid",
+                         "--json").stdout)
+    assert res["hits"][0]["id"].endswith("cats.txt") and res["mode"] == "hybrid"
+    bm = json.loads(run("search", "interest rate", "-c", "kb", "--store", store, "--mode", "bm25", "--json").stdout)
+    assert [h["id"] for h in bm["hits"]] == [str(docs / "notes.md")]
     res = json.loads(run("search", "aerodynamics", "-c", "kb", "--store", store, "--json",
                          "--where", '{"title": {"$in": ["Wings", "Heat"]}}').stdout)
     assert res["hits"][0]["id"] == "w1" and {h["id"] for h in res["hits"]} == {"w1", "w2"}
@@ -100,8 +105,8 @@ def test_index_search_delete_compact_collections(tmp_path):
     assert "dropped 1" in run("compact", "-c", "kb", "--store", store).stdout
     rows = json.loads(run("collections", "--store", store, "--json").stdout)
     assert rows[0]["name"] == "kb" and rows[0]["count"] == 3 and rows[0]["model"] == "minilm"
-    # Re-indexing the same files replaces records by id instead of duplicating them.
-    run("index", str(docs), "--collection", "kb", "--store", store)
+    # Re-indexing unchanged files skips them instead of duplicating them.
+    assert "0 file(s) indexed" in run("index", str(docs), "--collection", "kb", "--store", store).stdout
     assert json.loads(run("collections", "--store", store, "--json").stdout)[0]["count"] == 3
     bad = run("search", "x", "-c", "kb", "--store", store, "--where", '{"a": {"$regex": 1}}', check=False)
     assert bad.returncode == 1 and "unknown filter operator '$regex'" in bad.stderr

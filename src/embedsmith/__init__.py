@@ -1,22 +1,27 @@
 """embedsmith: turn text into vectors and make them useful, offline first."""
 
+from .chunking import chunk_text
 from .encoders import MODELS, TruncationWarning, load_encoder
 from .errors import EmbedsmithError, InvalidInputError, MissingExtraError, ModelNotFoundError
+from .ingest import IndexReport, index_paths
 from .quantization import Int8Calibration, quantize, truncate_dims
+from .rerankers import Reranker
 from .similarity import TopK, analogy, pairwise, top_k
 from .store import Collection, IndexRebuildWarning, delete_collection, list_collections, open_collection
-from .types import Encoder, Hit, Hits, Kind, Metric, Precision
+from .types import Chunk, Encoder, Hit, Hits, Kind, Metric, Precision
 
 __version__ = "0.1.0"
 
 __all__ = [
     "MODELS",
+    "Chunk",
     "Collection",
     "EmbedsmithError",
     "Encoder",
     "Hit",
     "Hits",
     "IndexRebuildWarning",
+    "IndexReport",
     "Int8Calibration",
     "InvalidInputError",
     "Kind",
@@ -24,10 +29,13 @@ __all__ = [
     "MissingExtraError",
     "ModelNotFoundError",
     "Precision",
+    "Reranker",
     "TopK",
     "TruncationWarning",
     "analogy",
+    "chunk_text",
     "delete_collection",
+    "index_paths",
     "list_collections",
     "load_encoder",
     "open_collection",

@@ -162,53 +162,9 @@ StoreOpt = Annotated[str | None, typer.Option("--store", help="store folder (def
 CollectionOpt = Annotated[str, typer.Option("--collection", "-c", help="collection name")]
 
 
-def _records_from_files(paths: list[Path], text_field: str, id_field: str | None) -> list[dict[str, Any]]:
-    """One record per .txt/.md file, one per line of .jsonl (a 'text' field, or BEIR's title + text)."""
-    from .errors import InvalidInputError
-
-    files: list[Path] = []
-    for p in paths:
-        if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in (".txt", ".md", ".jsonl") and f.is_file())
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise InvalidInputError(f"path {str(p)!r} does not exist")
-    records: list[dict[str, Any]] = []
-    for f in files:
-        if f.suffix.lower() == ".jsonl":
-            for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except ValueError as exc:
-                    raise InvalidInputError(f"{f}:{n} is not JSON: {exc}") from None
-                text = row.get(text_field) or ""
-                if row.get("title"):
-                    text = f"{row['title']}\n{text}" if text else row["title"]
-                if not str(text).strip():
-                    raise InvalidInputError(f"{f}:{n} has no {text_field!r} field")
-                rid = row.get(id_field) if id_field else row.get("_id", row.get("id"))
-                meta = {k: v for k, v in (row.get("metadata") or {}).items()}
-                meta.update(source=str(f), line=n)
-                if row.get("title"):
-                    meta["title"] = row["title"]
-                records.append({"id": str(rid) if rid is not None else f"{f}:{n}", "text": text, "metadata": meta})
-        elif f.suffix.lower() in (".txt", ".md"):
-            text = f.read_text(encoding="utf-8")
-            if text.strip():
-                records.append({"id": str(f), "text": text, "metadata": {"source": str(f)}})
-        else:
-            raise InvalidInputError(f"cannot index {str(f)!r}: expected .txt, .md or .jsonl")
-    if not records:
-        raise InvalidInputError("no texts found to index")
-    return records
-
-
 @app.command()
 def index(
-    paths: Annotated[list[Path], typer.Argument(help="files or folders (.txt, .md, .jsonl)")],
+    paths: Annotated[list[Path], typer.Argument(help="files or folders (.txt .md .html .pdf .jsonl .csv)")],
     collection: CollectionOpt,
     store: StoreOpt = None,
     model: ModelOpt = "minilm",
@@ -216,26 +172,26 @@ def index(
     metric: Annotated[str | None, typer.Option(help="cosine | dot | l2 | manhattan (new collections)")] = None,
     precision: Annotated[str | None, typer.Option(help="float32 | float16 | int8 | binary (new collections)")] = None,
     dims: Annotated[int | None, typer.Option(help="index the first N dimensions (new collections)")] = None,
-    text_field: Annotated[str, typer.Option(help="JSONL text field")] = "text",
-    id_field: Annotated[str | None, typer.Option(help="JSONL id field (default _id or id)")] = None,
-    batch: Annotated[int, typer.Option(help="records per transaction")] = 256,
+    chunk_tokens: Annotated[int | None, typer.Option(help="chunk size in tokens (default min(384, model max))")] = None,
+    overlap: Annotated[int, typer.Option(help="tokens shared by consecutive chunks")] = 50,
+    headings: Annotated[bool | None, typer.Option(help="markdown headings as chunk boundaries (default: .md)")] = None,
+    text_field: Annotated[str, typer.Option(help="JSONL/CSV text field")] = "text",
+    id_field: Annotated[str | None, typer.Option(help="JSONL/CSV id field (default _id or id)")] = None,
+    prune: Annotated[bool, typer.Option(help="remove chunks of files that no longer exist")] = False,
 ) -> None:
-    """Embed files into a collection (upserting by id), with a progress bar."""
-    from tqdm.auto import tqdm
-
+    """Chunk, embed and store files; unchanged files are skipped, changed ones replaced."""
+    from .ingest import index_paths
     from .store import list_collections, open_collection
 
-    records = _records_from_files(paths, text_field, id_field)
     exists = collection in list_collections(store)
     enc = None if exists and model == "minilm" else _encoder(model, backend, "auto")
     with open_collection(collection, store=store, encoder=enc, metric=metric, precision=precision, dims=dims) as c:
-        with tqdm(total=len(records), desc=f"indexing into {collection}", unit="doc") as bar:
-            for i in range(0, len(records), batch):
-                part = records[i : i + batch]
-                c.upsert(part)
-                bar.update(len(part))
-        print(f"{collection}: {c.count()} records ({c.settings.model}, dim {c.dim}, {c.precision.value}, "
-              f"{c.metric.value})")
+        report = index_paths(c, paths, max_tokens=chunk_tokens, overlap=overlap, headings=headings,
+                             text_field=text_field, id_field=id_field, prune=prune, show_progress=True)
+        print(f"{collection}: {report.summary()}; {c.count()} chunks stored "
+              f"({c.settings.model}, dim {c.dim}, {c.precision.value}, {c.metric.value})")
+        for src, why in report.files_skipped[:20]:
+            print(f"  skipped {src}: {why}", file=sys.stderr)
 
 
 @app.command()
@@ -244,28 +200,45 @@ def search(
     collection: CollectionOpt,
     store: StoreOpt = None,
     k: Annotated[int, typer.Option("-k", help="hits to return")] = 10,
+    mode: Annotated[str, typer.Option(help="dense | bm25 | hybrid")] = "dense",
     where: Annotated[str | None, typer.Option(help='metadata filter as JSON, e.g. {"lang": "en"}')] = None,
-    exact: Annotated[bool, typer.Option(help="brute-force search")] = False,
+    fusion: Annotated[str, typer.Option(help="hybrid fusion: rrf | weighted")] = "rrf",
+    alpha: Annotated[float | None, typer.Option(help="dense weight for weighted fusion (implies --fusion weighted)")]
+    = None,
+    rerank: Annotated[Path | None, typer.Option(help="cross-encoder folder to rerank with")] = None,
+    candidates: Annotated[int | None, typer.Option(help="first-stage candidates for reranking (100)")] = None,
+    group_by: Annotated[str | None, typer.Option(help="best hit per metadata field, e.g. source")] = None,
+    exact: Annotated[bool, typer.Option(help="brute-force dense search")] = False,
     ef: Annotated[int | None, typer.Option(help="HNSW search breadth")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Search a collection."""
+    """Search a collection (dense, bm25 or hybrid; optionally reranked)."""
     from .store import open_collection
 
     flt = _parse_where(where)
+    reranker = None
+    if rerank is not None:
+        from .rerankers import Reranker
+
+        reranker = Reranker(rerank)
     with open_collection(collection, store=store, create=False) as c:
-        hits = c.search(query, k=k, where=flt, exact=exact, ef=ef)
+        hits = c.search(query, k=k, mode=mode, where=flt, exact=exact, ef=ef,
+                        fusion="weighted" if alpha is not None else fusion, alpha=0.5 if alpha is None else alpha,
+                        rerank=reranker, candidates=candidates, group_by=group_by)
     if as_json:
-        print(json.dumps({"collection": collection, "query": query, "hits": hits.to_dicts()}, ensure_ascii=False))
+        print(json.dumps({"collection": collection, "query": query, "mode": mode, "hits": hits.to_dicts()},
+                         ensure_ascii=False))
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{collection}: {query!r}")
-    for col in ("#", "score", "id", "text"):
+    table = Table(title=f"{collection} ({mode}{', reranked' if reranker else ''}): {query!r}")
+    for col in ("#", "score", "id", "source", "text"):
         table.add_column(col)
     for n, h in enumerate(hits, start=1):
-        table.add_row(str(n), f"{h.score:.4f}", h.id, (h.text or "").replace("\n", " ")[:100])
+        score = f"{h.score:.4f}" + (f" (logit {h.rerank_logit:.2f})" if h.rerank_logit is not None else "")
+        table.add_row(str(n), score, h.id, str(h.metadata.get("source", "")),
+                      (h.text or "").replace("\n", " ")[:100])
     Console().print(table)
 
 
@@ -379,11 +352,12 @@ def quickstart(
     with tempfile.TemporaryDirectory(prefix="embedsmith-demo-") as tmp:
         where = store or tmp
         index([sample], collection="cranfield-sample", store=where, model=model, backend=backend, metric=None,
-              precision=None, dims=None, text_field="text", id_field=None, batch=256)
-        for query in ("what similarity laws must be obeyed when constructing aeroelastic models of heated "
-                      "high speed aircraft", "heat conduction in composite slabs"):
-            search(query, collection="cranfield-sample", store=where, k=3, where=None, exact=False, ef=None,
-                   as_json=False)
+              precision=None, dims=None, chunk_tokens=None, overlap=50, headings=None, text_field="text",
+              id_field=None, prune=False)
+        for query, mode in (("what similarity laws must be obeyed when constructing aeroelastic models of heated "
+                             "high speed aircraft", "dense"), ("heat conduction in composite slabs", "hybrid")):
+            search(query, collection="cranfield-sample", store=where, k=3, mode=mode, where=None, fusion="rrf",
+                   alpha=None, rerank=None, candidates=None, group_by="doc_id", exact=False, ef=None, as_json=False)
 
 
 def main() -> None:

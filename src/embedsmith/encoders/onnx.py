@@ -169,6 +169,7 @@ class OnnxEncoder(BaseEncoder):
         self.tokenizer = Tokenizer.from_file(str(tok_file))
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
+        self.fast_tokenizer = self.tokenizer
         probe = self.tokenizer.encode("a")
         self._tail = len(probe.special_tokens_mask) - 1 - max(
             i for i, s in enumerate(probe.special_tokens_mask) if not s

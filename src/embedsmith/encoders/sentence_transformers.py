@@ -57,6 +57,7 @@ class TorchEncoder(BaseEncoder):
         )
         self._counter.no_padding()
         self._counter.no_truncation()
+        self.fast_tokenizer = self._counter
 
     def _token_lengths(self, texts: list[str], kind: Kind | None) -> list[int]:
         prompt = self._prompt(kind)

@@ -24,17 +24,22 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import InvalidInputError, SettingsMismatchError, StoreError
 from ..quantization import Int8Calibration
+from ..search import RRF_K, best_per_group, reciprocal_rank_fusion, weighted_fusion
 from ..types import Encoder, Hits, Metric, Precision, parse_enum
 from .ann import AnnIndex, DamagedIndexError, IndexSpec
+from .bm25 import FTS_SCHEMA, INDEX_ROWS, UNINDEX_ROWS, match_expression
 from .filters import Where, compile_where
 
-FORMAT_VERSION = 1
+if TYPE_CHECKING:
+    from ..rerankers import Reranker
+
+FORMAT_VERSION = 2  # 2: FTS5 index for bm25 and hybrid search
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _SQL_VARS = 900  # stay below SQLite's host-parameter limit
 _LOSSLESS_BACKENDS = {"onnx", "torch"}
@@ -50,7 +55,8 @@ CREATE TABLE IF NOT EXISTS records(
     deleted INTEGER NOT NULL DEFAULT 0
 );
 CREATE UNIQUE INDEX IF NOT EXISTS records_live_id ON records(id) WHERE deleted = 0;
-"""
+CREATE INDEX IF NOT EXISTS records_dead ON records(seq) WHERE deleted = 1;
+""" + FTS_SCHEMA + ";"
 
 
 class IndexRebuildWarning(RuntimeWarning):
@@ -264,9 +270,13 @@ class Collection:
             return
         self._data_version = version
         self._catch_up()
-        self._live = self._conn.execute("SELECT COUNT(*) FROM records WHERE deleted = 0").fetchone()[0]
+        # Both counts read small partial indexes, not the rows (which hold the vectors).
+        self._live = self._conn.execute(
+            "SELECT COUNT(*) FROM records INDEXED BY records_live_id WHERE deleted = 0"
+        ).fetchone()[0]
         self._dead = self._conn.execute(
-            "SELECT COUNT(*) FROM records WHERE deleted = 1 AND seq <= ?", (self._index.last_seq,)
+            "SELECT COUNT(*) FROM records INDEXED BY records_dead WHERE deleted = 1 AND seq <= ?",
+            (self._index.last_seq,),
         ).fetchone()[0]
 
     def _catch_up(self) -> None:
@@ -498,10 +508,17 @@ class Collection:
                 f"{len(found)} id(s) already in collection {self.name!r}: {shown}; use upsert to replace them"
             )
 
+    @staticmethod
+    def _soft_delete(db: sqlite3.Connection, cond: str, params: Sequence[Any]) -> int:
+        """Flag rows deleted and drop them from the FTS index, inside the caller's transaction."""
+        db.execute(UNINDEX_ROWS.format(where=cond), tuple(params))
+        return int(db.execute(f"UPDATE records SET deleted = 1 WHERE {cond}", tuple(params)).rowcount)
+
     def _insert(
-        self, ids: list[str], texts: Sequence[str | None], meta: list[str], vectors: np.ndarray, *, replace: bool
+        self, ids: list[str], texts: Sequence[str | None], meta: list[str], vectors: np.ndarray, *, replace: bool,
+        delete_where: tuple[str, list[Any]] | None = None,
     ) -> list[str]:
-        if not ids:
+        if not ids and delete_where is None:
             return []
         with self._lock:
             self._sync()
@@ -510,15 +527,16 @@ class Collection:
                 with self._write() as db:
                     if replace:
                         for part in _chunks(ids):
-                            marks = ",".join("?" * len(part))
-                            replaced += db.execute(
-                                f"UPDATE records SET deleted = 1 WHERE deleted = 0 AND id IN ({marks})", tuple(part)
-                            ).rowcount
+                            cond = f"deleted = 0 AND id IN ({','.join('?' * len(part))})"
+                            replaced += self._soft_delete(db, cond, tuple(part))
+                    if delete_where is not None:
+                        replaced += self._soft_delete(db, f"deleted = 0 AND {delete_where[0]}", delete_where[1])
                     first = self._max_seq() + 1
                     db.executemany(
                         "INSERT INTO records(id, text, metadata, vector) VALUES (?, ?, ?, ?)",
                         zip(ids, texts, meta, (row.tobytes() for row in vectors), strict=True),
                     )
+                    db.execute(INDEX_ROWS.format(where="seq >= ?"), (first,))
             except sqlite3.IntegrityError as exc:  # another process added one of these ids meanwhile
                 raise InvalidInputError(f"an id is already in collection {self.name!r}: {exc}") from None
             self._data_version = self._conn.execute("PRAGMA data_version").fetchone()[0]
@@ -544,13 +562,10 @@ class Collection:
                     if isinstance(ids, str):
                         raise InvalidInputError("ids must be a list of strings, not a single string")
                     for part in _chunks(list(ids)):
-                        marks = ",".join("?" * len(part))
-                        n += db.execute(
-                            f"UPDATE records SET deleted = 1 WHERE deleted = 0 AND id IN ({marks})", tuple(part)
-                        ).rowcount
+                        n += self._soft_delete(db, f"deleted = 0 AND id IN ({','.join('?' * len(part))})", part)
                 else:
                     sql, params = compile_where(where)
-                    n = db.execute(f"UPDATE records SET deleted = 1 WHERE deleted = 0 AND {sql}", params).rowcount
+                    n = self._soft_delete(db, f"deleted = 0 AND {sql}", params)
             self._data_version = self._conn.execute("PRAGMA data_version").fetchone()[0]
             self._live -= n
             self._dead += n
@@ -582,21 +597,79 @@ class Collection:
             self._sync()
             return int(self._live)
 
-    def get(self, ids: Sequence[str], *, include_vectors: bool = False) -> list[dict[str, Any]]:
-        """Records by id, in the order asked; ids not present are left out."""
-        if isinstance(ids, str):
-            raise InvalidInputError("ids must be a list of strings, not a single string")
-        found: dict[str, dict[str, Any]] = {}
-        for part in _chunks(list(ids)):
-            marks = ",".join("?" * len(part))
-            for id_, text, meta, blob in self._conn.execute(
-                f"SELECT id, text, metadata, vector FROM records WHERE deleted = 0 AND id IN ({marks})", tuple(part)
-            ):
-                rec: dict[str, Any] = {"id": id_, "text": text, "metadata": json.loads(meta)}
-                if include_vectors:
-                    rec["vector"] = np.frombuffer(blob, dtype=np.float32).copy()
-                found[id_] = rec
-        return [found[i] for i in ids if i in found]
+    def get(
+        self, ids: Sequence[str] | None = None, *, where: Where | None = None, limit: int | None = None,
+        include_vectors: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Records by id (in the order asked; absent ids left out) or by filter (in write order)."""
+        if (ids is None) == (where is None):
+            raise InvalidInputError("get needs exactly one of ids= or where=")
+        cols = "id, text, metadata, vector" if include_vectors else "id, text, metadata"
+
+        def record(row: tuple[Any, ...]) -> dict[str, Any]:
+            rec: dict[str, Any] = {"id": row[0], "text": row[1], "metadata": json.loads(row[2])}
+            if include_vectors:
+                rec["vector"] = np.frombuffer(row[3], dtype=np.float32).copy()
+            return rec
+
+        with self._lock:
+            if where is not None:
+                sql, params = compile_where(where)
+                lim = f" LIMIT {_positive_int(limit, 'limit')}" if limit is not None else ""
+                rows = self._conn.execute(
+                    f"SELECT {cols} FROM records WHERE deleted = 0 AND {sql} ORDER BY seq{lim}", params
+                ).fetchall()
+                return [record(r) for r in rows]
+            assert ids is not None
+            if isinstance(ids, str):
+                raise InvalidInputError("ids must be a list of strings, not a single string")
+            found: dict[str, dict[str, Any]] = {}
+            for part in _chunks(list(ids)):
+                marks = ",".join("?" * len(part))
+                for row in self._conn.execute(
+                    f"SELECT {cols} FROM records WHERE deleted = 0 AND id IN ({marks})", tuple(part)
+                ):
+                    found[row[0]] = record(row)
+            return [found[i] for i in ids if i in found]
+
+    def distinct(self, *fields: str) -> set[tuple[Any, ...]]:
+        """Distinct tuples of metadata values over live records (e.g. ``distinct("source", "doc_hash")``)."""
+        if not fields:
+            raise InvalidInputError("distinct needs at least one metadata field")
+        cols = ", ".join("json_extract(metadata, ?)" for _ in fields)
+        paths = tuple("$." + json.dumps(f) for f in fields)
+        with self._lock:
+            return {tuple(r) for r in self._conn.execute(f"SELECT DISTINCT {cols} FROM records WHERE deleted = 0",
+                                                           paths)}
+
+    def replace(
+        self,
+        where: Where,
+        records: Sequence[Mapping[str, Any]],
+        *,
+        batch_size: int | None = None,
+        show_progress: bool = False,
+    ) -> list[str]:
+        """Delete the records matching ``where`` and add ``records`` in one transaction (e.g. a file's chunks).
+
+        Readers see either the old records or the new ones, never a mix; a crash leaves the old ones.
+        """
+        from ..encoders.base import check_texts
+
+        sql, params = compile_where(where)
+        if not records:
+            with self._lock, self._write() as db:
+                n = self._soft_delete(db, f"deleted = 0 AND {sql}", params)
+            self._live -= n
+            self._dead += n
+            return []
+        t, i, m = self._split_records(records, None, None)
+        t = check_texts(t)
+        id_list = self._check_ids(i, len(t))
+        meta = self._check_metadata(m, len(t))
+        vectors = self.encoder.encode(t, kind="document", batch_size=batch_size, show_progress=show_progress)
+        return self._insert(id_list, t, meta, self._check_vectors(vectors, len(t)), replace=True,
+                            delete_where=(sql, params))
 
     def _query_vector(self, query: str | np.ndarray | Sequence[float]) -> np.ndarray:
         if isinstance(query, str):
@@ -631,39 +704,139 @@ class Collection:
         query: str | np.ndarray | Sequence[float],
         k: int = 10,
         *,
+        mode: str = "dense",
         where: Where | None = None,
         ef: int | None = None,
         exact: bool = False,
         rescore: int | None = None,
+        fusion: str = "rrf",
+        alpha: float = 0.5,
+        rrf_k: int = RRF_K,
+        candidates: int | None = None,
+        rerank: Reranker | None = None,
+        group_by: str | None = None,
     ) -> Hits:
-        """Nearest records to a query text or vector.
+        """Search the collection.
 
         Args:
-            query: text (embedded with the collection's encoder and query prompt) or a vector [dim].
+            query: text (embedded with the collection's encoder and query prompt) or, for ``dense``, a
+                vector [dim].
             k: hits to return.
-            where: metadata filter (see :mod:`embedsmith.store.filters`).
+            mode: 'dense' (vectors), 'bm25' (SQLite FTS5, needs texts) or 'hybrid' (both, fused).
+            where: metadata filter (see :mod:`embedsmith.store.filters`), applied in every mode.
             ef: HNSW search breadth (default ``ef_search``); larger is slower and more exact.
             exact: brute-force over every stored vector instead of walking the graph.
             rescore: candidates fetched per hit and rescored with full float32 vectors when the index
                 holds fewer dimensions or a lower precision (default 4, or 10 for binary).
+            fusion: hybrid fusion, 'rrf' (reciprocal rank fusion with ``rrf_k``) or 'weighted'
+                (``alpha * dense + (1 - alpha) * bm25`` after min-max scaling).
+            alpha: dense weight for weighted fusion.
+            rrf_k: the RRF constant (60).
+            candidates: first-stage hits handed to the reranker (default 100). Hybrid mode fuses the top
+                max(100, k, candidates) of each list.
+            rerank: a :class:`~embedsmith.rerankers.Reranker`: the first stage's candidates are reranked and
+                the top k returned with the reranker's probability as score (logit and first-stage score kept).
+            group_by: a metadata field (e.g. 'source'): keep only the best hit per value.
 
         Returns:
-            :class:`Hits`, best first; scores are higher-is-better (negated distances for l2 and manhattan),
-            ties broken by id. When k matching records exist, k hits are returned.
+            :class:`Hits`, best first, ties broken by id. Dense scores are higher-is-better (negated
+            distances for l2 and manhattan). When k matching records exist, k hits are returned.
         """
         k = _positive_int(k, "k")
+        if mode not in ("dense", "bm25", "hybrid"):
+            raise InvalidInputError(f"unknown search mode {mode!r}; expected dense, bm25 or hybrid")
+        if fusion not in ("rrf", "weighted"):
+            raise InvalidInputError(f"unknown fusion {fusion!r}; expected rrf or weighted")
+        if candidates is not None:
+            candidates = _positive_int(candidates, "candidates")
+        if mode != "dense" and not isinstance(query, str):
+            raise InvalidInputError(f"{mode} search needs a text query, not a vector")
+        if rerank is not None and not isinstance(query, str):
+            raise InvalidInputError("reranking needs a text query, not a vector")
+        if isinstance(query, str) and not query.strip():
+            raise InvalidInputError("query is empty")
+        sql, params = compile_where(where)
+        first = (candidates or 100) if rerank is not None else k
+        if group_by is not None:
+            first *= 5  # room for several chunks of one document
+        ranked: list[tuple[float, str, Any, str]]
+        if mode == "dense":
+            ranked = self._dense(query, first, sql, params, ef=ef, exact=exact, rescore=rescore)
+        elif mode == "bm25":
+            ranked = self._bm25(str(query), first, sql, params)
+        else:
+            pool = max(first, 100)  # each list contributes its top 100 (or more) to the fusion
+            dense = self._dense(query, pool, sql, params, ef=ef, exact=exact, rescore=rescore)
+            sparse = self._bm25(str(query), pool, sql, params)
+            rows = {h[1]: h for h in (*sparse, *dense)}
+            if fusion == "rrf":
+                fused = reciprocal_rank_fusion([[h[1] for h in dense], [h[1] for h in sparse]], k=rrf_k)
+            else:
+                fused = weighted_fusion([(h[1], h[0]) for h in dense], [(h[1], h[0]) for h in sparse], alpha=alpha)
+            ranked = sorted(((score, *rows[key][1:]) for key, score in fused), key=lambda h: (-h[0], h[1]))
+        if group_by is not None:
+            ranked = best_per_group(ranked, lambda h: json.loads(h[3]).get(group_by, h[1]))
+        if rerank is None:
+            return self._hits(ranked[:k])
+        pool_hits = ranked[: candidates or 100]
+        missing = [h[1] for h in pool_hits if not h[2]]
+        if missing:
+            raise InvalidInputError(f"record {missing[0]!r} has no text to rerank")
+        order = rerank.rerank(str(query), [h[2] for h in pool_hits])
+        order.sort(key=lambda o: (-o[2], pool_hits[o[0]][1]))
+        top = order[:k]
+        hits = self._hits([(p, *pool_hits[i][1:]) for i, p, _ in top])
+        return Hits(hits.ids, hits.scores, hits.texts, hits.metadata,
+                    first_stage_scores=[pool_hits[i][0] for i, _, _ in top], rerank_logits=[lg for _, _, lg in top])
+
+    @staticmethod
+    def _hits(ranked: Sequence[tuple[float, str, Any, str]]) -> Hits:
+        return Hits(
+            ids=[h[1] for h in ranked],
+            scores=[float(h[0]) for h in ranked],
+            texts=[h[2] for h in ranked],
+            metadata=[{} if h[3] == "{}" else json.loads(h[3]) for h in ranked],
+        )
+
+    def _bm25(self, query: str, n: int, sql: str, params: list[Any]) -> list[tuple[float, str, Any, str]]:
+        """Top ``n`` live rows by FTS5 BM25 (score = -bm25(), higher is better), ties by id."""
+        expr = match_expression(query)
+        with self._lock:
+            self._sync()
+            if sql == "1":
+                # Unfiltered: FTS5's own top-n by rank (deleted rows are already out of the FTS index).
+                rows = self._conn.execute(
+                    "SELECT -top.rank, records.id, records.text, records.metadata FROM "
+                    "(SELECT rowid, rank FROM fts WHERE fts MATCH ? ORDER BY rank LIMIT ?) AS top "
+                    "JOIN records ON records.seq = top.rowid",
+                    (expr, n),
+                ).fetchall()
+            else:
+                rows = self._conn.execute(
+                    "SELECT -fts.rank, records.id, records.text, records.metadata FROM fts "
+                    f"JOIN records ON records.seq = fts.rowid WHERE fts MATCH ? AND records.deleted = 0 AND {sql} "
+                    "ORDER BY fts.rank LIMIT ?",
+                    (expr, *params, n),
+                ).fetchall()
+        return sorted(rows, key=lambda h: (-h[0], h[1]))
+
+    def _dense(
+        self, query: str | np.ndarray | Sequence[float], k: int, sql: str, params: list[Any], *,
+        ef: int | None, exact: bool, rescore: int | None,
+    ) -> list[tuple[float, str, Any, str]]:
+        """Top ``k`` live rows by vector similarity: (score, id, text, metadata JSON)."""
         ef = _positive_int(ef, "ef") if ef is not None else self.ef_search
         q = self._query_vector(query)
-        sql, params = compile_where(where)
         s = self.settings
         approximate_codes = s.precision is not Precision.FLOAT32 or s.dims < s.dim
         factor = rescore or (10 if s.precision is Precision.BINARY else 4 if approximate_codes else 1)
+        filtered = sql != "1"
         with self._lock:
             self._sync()
             use_exact = exact or self._live <= self.exact_below
             # Oversample for rescoring, filters and deleted rows still in the graph; beyond the cap the
             # exact scan below takes over.
-            want = min(k * factor * (1 if where is None else 10) + self._dead, max(10_000, k * factor * 10))
+            want = min(k * factor * (10 if filtered else 1) + self._dead, max(10_000, k * factor * 10))
             keys, scores = self._index.search(q, want, ef=ef, exact=use_exact)
             if approximate_codes:
                 hits = self._rank(q, self._fetch(keys, sql, params, vectors=True), k)
@@ -677,12 +850,7 @@ class Collection:
                 ).fetchone()[0]
                 if matching > len(hits):  # the graph missed some: scan the matching rows exactly
                     hits = self._scan(q, sql, params, k)
-        return Hits(
-            ids=[h[1] for h in hits],
-            scores=[h[0] for h in hits],
-            texts=[h[2] for h in hits],
-            metadata=[{} if h[3] == "{}" else json.loads(h[3]) for h in hits],
-        )
+        return hits
 
     def _fetch(self, keys: np.ndarray, sql: str, params: list[Any], *, vectors: bool) -> list[tuple[Any, ...]]:
         """Live rows among ``keys`` that pass the filter: (id, text, metadata, vector) or (seq, id, text, metadata)."""
@@ -845,6 +1013,8 @@ def open_collection(
             f"collection {name!r} has store format {version}; this embedsmith reads up to {FORMAT_VERSION}: "
             "upgrade embedsmith"
         )
+    if version < FORMAT_VERSION:
+        _upgrade(conn, name, version)
     settings = CollectionSettings.from_meta(meta)
     given = {"metric": m.value if m else None, "precision": p.value if p else None, "dims": dims, "dim": dim}
     stored = {"metric": settings.metric.value, "precision": settings.precision.value, "dims": settings.dims,
@@ -865,6 +1035,20 @@ def open_collection(
             raise
         coll._encoder = enc
     return coll
+
+
+def _upgrade(conn: sqlite3.Connection, name: str, version: int) -> None:
+    """Bring an older store up to this format in one transaction (format 1 had no FTS index)."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(FTS_SCHEMA)
+        conn.execute("CREATE INDEX IF NOT EXISTS records_dead ON records(seq) WHERE deleted = 1")
+        conn.execute(INDEX_ROWS.format(where="deleted = 0"))
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'format_version'", (str(FORMAT_VERSION),))
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        conn.execute("ROLLBACK")
+        raise StoreError(f"cannot upgrade collection {name!r} from store format {version}: {exc}") from exc
 
 
 def _create(

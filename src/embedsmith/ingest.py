@@ -1,0 +1,299 @@
+"""From files to chunks in a collection: read, chunk by the encoder's tokens, embed, store.
+
+Each file's chunks carry ``source`` (the path), ``doc_id``, ``chunk`` (number), ``start``/``end``
+(character offsets in the document text), ``title`` and ``doc_hash`` (sha256 of the file). Re-indexing
+skips a file whose hash is unchanged and replaces the chunks of a changed one in a single transaction;
+``prune`` removes the chunks of files that are gone. Unreadable files are skipped with a warning and
+counted, never abort the run.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import html.parser
+import io
+import json
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .chunking import chunk_text
+from .errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from .store import Collection
+
+TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst"}
+SUPPORTED = TEXT_SUFFIXES | {".html", ".htm", ".pdf", ".jsonl", ".csv"}
+
+
+class SkippedFileWarning(UserWarning):
+    """A file could not be read and was skipped."""
+
+
+class UnreadableFileError(Exception):
+    """Internal: why a file was skipped."""
+
+
+@dataclass(frozen=True)
+class Document:
+    """A text to chunk, with where it came from."""
+
+    id: str
+    text: str
+    source: str
+    title: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class IndexReport:
+    """What ``index_paths`` did."""
+
+    files_indexed: int = 0
+    files_unchanged: int = 0
+    files_skipped: list[tuple[str, str]] = field(default_factory=list)
+    documents: int = 0
+    chunks: int = 0
+    files_pruned: int = 0
+
+    def summary(self) -> str:
+        parts = [f"{self.files_indexed} file(s) indexed ({self.documents} documents, {self.chunks} chunks)",
+                 f"{self.files_unchanged} unchanged"]
+        if self.files_pruned:
+            parts.append(f"{self.files_pruned} removed file(s) pruned")
+        parts.append(f"{len(self.files_skipped)} skipped")
+        return ", ".join(parts)
+
+
+class _HTMLText(html.parser.HTMLParser):
+    _SKIP = frozenset({"script", "style", "noscript", "template", "head"})
+    _BLOCK = frozenset({"p", "div", "br", "li", "h1", "h2", "h3", "h4", "h5", "h6", "tr", "section", "article",
+                        "pre"})
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.title: str | None = None
+        self._skip = 0
+        self._in_title = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "title":
+            self._in_title = True
+        if tag in self._SKIP:
+            self._skip += 1
+        if tag in self._BLOCK:
+            self.parts.append("\n\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "title":
+            self._in_title = False
+        if tag in self._SKIP and self._skip:
+            self._skip -= 1
+        if tag in self._BLOCK:
+            self.parts.append("\n\n")
+
+    def handle_data(self, data: str) -> None:
+        if self._in_title:
+            self.title = (self.title or "") + data.strip()
+        elif not self._skip:
+            self.parts.append(data)
+
+
+def html_to_text(markup: str) -> tuple[str, str | None]:
+    """Visible text of an HTML page (paragraphs kept as blank lines) and its <title>."""
+    parser = _HTMLText()
+    parser.feed(markup)
+    text = "".join(parser.parts)
+    lines = [" ".join(line.split()) for line in text.split("\n")]
+    out = "\n".join(lines)
+    while "\n\n\n" in out:
+        out = out.replace("\n\n\n", "\n\n")
+    return out.strip(), parser.title
+
+
+def _decode(raw: bytes, path: Path) -> str:
+    if b"\x00" in raw[:8192]:
+        raise UnreadableFileError("binary file")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UnreadableFileError(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def read_documents(
+    path: Path, raw: bytes, *, text_field: str = "text", id_field: str | None = None, title_field: str = "title"
+) -> list[Document]:
+    """Documents in one file. JSONL/CSV: one per row (``_id``/``id``, ``title`` + ``text``, BEIR layout).
+
+    Raises:
+        UnreadableFileError: binary, undecodable or malformed content (the reason says which).
+    """
+    suffix = path.suffix.lower()
+    source = str(path)
+    if suffix == ".pdf":
+        try:
+            from pypdf import PdfReader
+        except ImportError:
+            raise UnreadableFileError(
+                "PDF support needs the 'ingest' extra: pip install 'embedsmith[ingest]'"
+            ) from None
+        try:
+            reader = PdfReader(io.BytesIO(raw))
+            text = "\n\n".join((page.extract_text() or "") for page in reader.pages)
+            title = (reader.metadata.title if reader.metadata else None) or None
+        except Exception as exc:  # pypdf raises many types for damaged files
+            raise UnreadableFileError(f"unreadable PDF: {exc}") from None
+        return [Document(source, text, source, title)] if text.strip() else []
+    text = _decode(raw, path)
+    if suffix in (".html", ".htm"):
+        body, title = html_to_text(text)
+        return [Document(source, body, source, title)] if body else []
+    if suffix in TEXT_SUFFIXES:
+        return [Document(source, text, source, None)] if text.strip() else []
+    rows: Iterable[tuple[int, dict[str, Any]]]
+    if suffix == ".jsonl":
+        def parse() -> Iterable[tuple[int, dict[str, Any]]]:
+            for n, line in enumerate(text.splitlines(), start=1):
+                if line.strip():
+                    try:
+                        row = json.loads(line)
+                    except ValueError as exc:
+                        raise UnreadableFileError(f"line {n} is not JSON: {exc}") from None
+                    if not isinstance(row, dict):
+                        raise UnreadableFileError(f"line {n} is not a JSON object")
+                    yield n, row
+        rows = parse()
+    elif suffix == ".csv":
+        rows = enumerate(csv.DictReader(io.StringIO(text)), start=2)
+    else:
+        raise UnreadableFileError(f"unsupported file type {suffix or '(none)'}")
+    docs = []
+    for n, row in rows:
+        body = str(row.get(text_field) or "")
+        title = str(row.get(title_field) or "") or None
+        if not body.strip() and not title:
+            continue
+        rid = row.get(id_field) if id_field else row.get("_id", row.get("id"))
+        extra = {k: v for k, v in (row.get("metadata") or {}).items()} if isinstance(row.get("metadata"), dict) else {}
+        docs.append(Document(str(rid) if rid not in (None, "") else f"{source}:{n}", body, source, title, extra))
+    return docs
+
+
+def walk(paths: Sequence[str | Path]) -> list[Path]:
+    """Supported files under the given files and folders, sorted; a missing path is an error."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in SUPPORTED
+                            and not any(part.startswith(".") for part in f.relative_to(p).parts))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise InvalidInputError(f"path {str(p)!r} does not exist")
+    return list(dict.fromkeys(files))
+
+
+def document_chunks(
+    doc: Document, collection: Collection, *, max_tokens: int | None, overlap: int, headings: bool
+) -> list[dict[str, Any]]:
+    """Records (id, text, metadata) for one document's chunks. The title leads the first chunk's text."""
+    text = f"{doc.title}\n\n{doc.text}" if doc.title and doc.text.strip() else (doc.text or doc.title or "")
+    pieces = chunk_text(text, encoder=collection.encoder, max_tokens=max_tokens, overlap=overlap,
+                        headings=headings, source=doc.source, title=doc.title)
+    records = []
+    for c in pieces:
+        meta = dict(doc.metadata)
+        meta.update(source=doc.source, doc_id=doc.id, chunk=c.index, start=c.start, end=c.end, tokens=c.n_tokens)
+        if c.title:
+            meta["title"] = c.title
+        records.append({"id": f"{doc.id}#{c.index}" if len(pieces) > 1 or c.index else doc.id,
+                        "text": c.text, "metadata": meta})
+    return records
+
+
+def index_paths(
+    collection: Collection,
+    paths: Sequence[str | Path],
+    *,
+    max_tokens: int | None = None,
+    overlap: int = 50,
+    headings: bool | None = None,
+    text_field: str = "text",
+    id_field: str | None = None,
+    prune: bool = False,
+    batch_chunks: int = 512,
+    show_progress: bool = False,
+) -> IndexReport:
+    """Index files and folders into a collection (see the module docstring).
+
+    Args:
+        collection: the target (its encoder chunks and embeds).
+        paths: files and folders (.txt .md .html .pdf .jsonl .csv).
+        max_tokens, overlap: chunk size and overlap in the encoder's tokens.
+        headings: markdown headings as chunk boundaries (default: on for .md files).
+        text_field, id_field: JSONL/CSV fields.
+        prune: delete the chunks of files under ``paths`` that no longer exist.
+        batch_chunks: chunks embedded and committed together (files are never split across commits).
+    """
+    from tqdm.auto import tqdm
+
+    files = walk(paths)
+    report = IndexReport()
+    known = {src: h for src, h in collection.distinct("source", "doc_hash") if src is not None}
+    pending: list[dict[str, Any]] = []
+    pending_sources: list[str] = []
+
+    def flush() -> None:
+        if pending_sources:
+            collection.replace({"source": {"$in": list(pending_sources)}}, pending)
+            report.chunks += len(pending)
+            pending.clear()
+            pending_sources.clear()
+
+    for f in tqdm(files, disable=not show_progress, desc=f"indexing into {collection.name}", unit="file"):
+        source = str(f)
+        try:
+            raw = f.read_bytes()
+        except OSError as exc:
+            report.files_skipped.append((source, exc.strerror or str(exc)))
+            warnings.warn(f"skipped {source}: {exc.strerror or exc}", SkippedFileWarning, stacklevel=2)
+            continue
+        digest = hashlib.sha256(raw).hexdigest()
+        if known.get(source) == digest:
+            report.files_unchanged += 1
+            continue
+        try:
+            docs = read_documents(f, raw, text_field=text_field, id_field=id_field)
+        except UnreadableFileError as exc:
+            report.files_skipped.append((source, str(exc)))
+            warnings.warn(f"skipped {source}: {exc}", SkippedFileWarning, stacklevel=2)
+            continue
+        use_headings = headings if headings is not None else f.suffix.lower() in (".md", ".markdown")
+        for doc in docs:
+            for rec in document_chunks(doc, collection, max_tokens=max_tokens, overlap=overlap, headings=use_headings):
+                rec["metadata"]["doc_hash"] = digest
+                pending.append(rec)
+        report.documents += len(docs)
+        report.files_indexed += 1
+        pending_sources.append(source)
+        if len(pending) >= batch_chunks:
+            flush()
+    flush()
+    if prune:
+        roots = [Path(p).resolve() for p in paths]
+        present = {str(f) for f in files}
+        gone = [src for src in known if src not in present and _under(Path(src), roots)]
+        for part in range(0, len(gone), 500):
+            collection.delete(where={"source": {"$in": gone[part : part + 500]}})
+        report.files_pruned = len(gone)
+    return report
+
+
+def _under(path: Path, roots: Sequence[Path]) -> bool:
+    p = path.resolve()
+    return any(p == r or r in p.parents for r in roots)

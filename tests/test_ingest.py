@@ -1,0 +1,86 @@
+"""Ingestion: files of every supported type, skip-unchanged, replace-changed, prune, unreadable files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from embedsmith import open_collection
+from embedsmith.ingest import SkippedFileWarning, html_to_text, index_paths
+
+
+def minimal_pdf(text: str) -> bytes:
+    """A one-page PDF with a real text layer (Helvetica), built by hand with a correct xref table."""
+    stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+        b"/Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for n, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % n + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return bytes(out)
+
+
+def test_html_to_text_keeps_visible_text():
+    text, title = html_to_text("<html><head><title>Wings</title><style>p{}</style></head><body><p>Lift &amp; "
+                               "drag.</p><script>var x;</script><p>Second para.</p></body></html>")
+    assert title == "Wings" and text == "Lift & drag.\n\nSecond para."
+
+
+def test_index_every_type_then_skip_replace_prune(tmp_path, minilm_onnx):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("Cats purr when they are content. " * 80)  # long: several chunks
+    (docs / "b.md").write_text("# Wings\nLift grows with angle of attack.\n\n## Drag\nDrag grows with speed.\n")
+    (docs / "c.html").write_text("<html><head><title>Heat</title></head><body><p>Heat flows in slabs.</p></body>")
+    (docs / "d.pdf").write_bytes(minimal_pdf("Shock waves form at supersonic speed."))
+    (docs / "e.jsonl").write_text(json.dumps({"_id": "e1", "title": "Flutter", "text": "Panels flutter."}) + "\n"
+                                  + json.dumps({"_id": "e2", "text": "Boundary layers separate."}) + "\n")
+    (docs / "f.csv").write_text("id,text,lang\nf1,Jet noise is loud.,en\nf2,Rotors hum.,en\n")
+    (docs / "g.txt").write_bytes(b"\x00\x01\x02 binary junk \xff\xfe")
+    (docs / "h.txt").write_bytes("caf\xe9 latin-1".encode("latin-1"))
+    store = tmp_path / "store"
+    with open_collection("kb", store=store, encoder=minilm_onnx) as c:
+        with pytest.warns(SkippedFileWarning):
+            report = index_paths(c, [docs])
+        assert report.files_indexed == 6 and len(report.files_skipped) == 2
+        assert {why.split(" (")[0] for _, why in report.files_skipped} == {"binary file", "not UTF-8 text"}
+        assert report.documents == 8
+        a_chunks = c.get(where={"source": str(docs / "a.txt")})
+        assert len(a_chunks) >= 2
+        for rec in a_chunks:
+            m = rec["metadata"]
+            full = (docs / "a.txt").read_text()
+            assert full[m["start"] : m["end"]] == rec["text"] and m["doc_hash"] and m["tokens"] <= 254
+        assert [r["metadata"]["chunk"] for r in a_chunks] == list(range(len(a_chunks)))
+        md = c.get(where={"source": str(docs / "b.md")})
+        assert {r["metadata"].get("title") for r in md} == {"Wings", "Drag"}
+        assert c.search("supersonic shock", k=1).metadata[0]["source"].endswith("d.pdf")
+        assert c.search("heat in slabs", k=1, mode="bm25").metadata[0]["title"] == "Heat"
+        assert c.get(["e1"])[0]["text"].startswith("Flutter")
+        assert c.get(["f1"])[0]["text"] == "Jet noise is loud."
+        total = c.count()
+
+        again = index_paths(c, [docs])  # nothing changed
+        assert again.files_unchanged == 6 and again.files_indexed == 0 and c.count() == total
+
+        (docs / "a.txt").write_text("Dogs bark at night.")  # now a single chunk
+        (docs / "c.html").unlink()
+        changed = index_paths(c, [docs], prune=True)
+        assert changed.files_indexed == 1 and changed.files_pruned == 1
+        assert [r["text"] for r in c.get(where={"source": str(docs / "a.txt")})] == ["Dogs bark at night."]
+        assert c.get(where={"source": str(docs / "c.html")}) == []
+        assert c.search("barking dogs", k=1).metadata[0]["source"].endswith("a.txt")
+        assert c.search("cats purr", k=5, mode="bm25").ids == []

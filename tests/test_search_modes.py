@@ -1,0 +1,158 @@
+"""bm25 (SQLite FTS5), hybrid fusion, grouping and cross-encoder reranking on real Cranfield abstracts."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embedsmith import InvalidInputError, open_collection
+from embedsmith.ingest import index_paths
+from embedsmith.rerankers import Reranker, sigmoid
+from embedsmith.search import reciprocal_rank_fusion, weighted_fusion
+
+CRAN = Path(__file__).parent / "data" / "cranfield"
+QUERY = "heat conduction in composite slabs"
+
+
+@pytest.fixture(scope="module")
+def cran(tmp_path_factory, minilm_onnx):  # type: ignore[no-untyped-def]
+    c = open_collection("cran", store=tmp_path_factory.mktemp("store"), encoder=minilm_onnx)
+    report = index_paths(c, [CRAN / "corpus.jsonl"])
+    assert report.documents == 300 and report.chunks > 300  # long abstracts became several chunks
+    yield c
+    c.close()
+
+
+def test_bm25_finds_exact_terms(cran):
+    hits = cran.search("transpiration cooling", k=5, mode="bm25")
+    assert len(hits) == 5
+    assert all("transpir" in (t or "").lower() or "cool" in (t or "").lower() for t in hits.texts)
+    assert hits.scores == sorted(hits.scores, reverse=True) and hits.scores[0] > 0
+    # punctuation and FTS5 syntax in user text are quoted, not parsed
+    assert len(cran.search('slabs" OR NEAR(heat) AND -', k=3, mode="bm25")) == 3
+
+
+def test_hybrid_rrf_fuses_the_two_lists(cran):
+    dense = cran.search(QUERY, k=100, mode="dense")
+    sparse = cran.search(QUERY, k=100, mode="bm25")
+    fused = reciprocal_rank_fusion([dense.ids, sparse.ids], k=60)
+    hybrid = cran.search(QUERY, k=10, mode="hybrid", candidates=100)
+    expected = sorted(fused, key=lambda kv: (-kv[1], kv[0]))[:10]
+    assert hybrid.ids == [key for key, _ in expected]
+    np.testing.assert_allclose(hybrid.scores, [s for _, s in expected])
+
+
+def test_weighted_fusion_extremes(cran):
+    dense = cran.search(QUERY, k=10, mode="dense")
+    sparse = cran.search(QUERY, k=10, mode="bm25")
+    assert cran.search(QUERY, k=10, mode="hybrid", fusion="weighted", alpha=1.0).ids[:3] == dense.ids[:3]
+    assert cran.search(QUERY, k=10, mode="hybrid", fusion="weighted", alpha=0.0).ids[:3] == sparse.ids[:3]
+    mixed = weighted_fusion([("a", 1.0), ("b", 0.0)], [("b", 5.0), ("c", 1.0)], alpha=0.5)
+    assert dict(mixed) == {"a": 0.5, "b": 0.5, "c": 0.0}
+
+
+def test_filters_and_grouping_in_every_mode(cran):
+    for mode in ("dense", "bm25", "hybrid"):
+        hits = cran.search(QUERY, k=10, mode=mode, where={"doc_id": {"$in": ["5", "144", "181", "9"]}})
+        assert hits.ids and {m["doc_id"] for m in hits.metadata} <= {"5", "144", "181", "9"}
+        grouped = cran.search(QUERY, k=10, mode=mode, group_by="doc_id")
+        docs = [m["doc_id"] for m in grouped.metadata]
+        assert len(docs) == len(set(docs)) == 10
+
+
+def test_bad_queries(cran):
+    with pytest.raises(InvalidInputError, match="query is empty"):
+        cran.search("   ", mode="hybrid")
+    with pytest.raises(InvalidInputError, match="has no searchable words"):
+        cran.search("?!", mode="bm25")
+    with pytest.raises(InvalidInputError, match="bm25 search needs a text query"):
+        cran.search(np.zeros(384, np.float32), mode="bm25")
+    with pytest.raises(InvalidInputError, match="unknown search mode 'sparse'"):
+        cran.search(QUERY, mode="sparse")
+
+
+def test_deleted_and_replaced_rows_leave_the_bm25_index(tmp_path, minilm_onnx):
+    with open_collection("b", store=tmp_path, encoder=minilm_onnx) as c:
+        c.add(["zebra crossing rules", "zebra stripes in the savanna", "lift on a wing"], ids=["a", "b", "c"])
+        assert set(c.search("zebra", k=5, mode="bm25").ids) == {"a", "b"}
+        c.delete(["a"])
+        c.upsert([{"id": "b", "text": "lions in the savanna"}])
+        assert c.search("zebra", k=5, mode="bm25").ids == []
+        assert c.search("lions", k=5, mode="bm25").ids == ["b"]
+        c.compact()
+        assert c.search("savanna", k=5, mode="bm25").ids == ["b"]
+
+
+@pytest.fixture(scope="module")
+def tiny_reranker(tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
+    """A cross-encoder trained here in seconds from MiniLM on Cranfield judgements (quality is not the point)."""
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    from embedsmith.encoders.registry import _minilm_folder
+
+    torch.manual_seed(0)
+    docs = {json.loads(x)["_id"]: json.loads(x)["text"] for x in (CRAN / "corpus.jsonl").read_text().splitlines()}
+    queries = {json.loads(x)["_id"]: json.loads(x)["text"] for x in (CRAN / "queries.jsonl").read_text().splitlines()}
+    rows = [line.split("\t") for line in (CRAN / "qrels" / "dev.tsv").read_text().splitlines()[1:]]
+    rng = random.Random(0)
+    pairs = []
+    for qid, did, _ in rows[:24]:
+        pairs.append((queries[qid], docs[did], 1.0))
+        pairs.append((queries[qid], docs[rng.choice(list(docs))], 0.0))
+    ce = CrossEncoder(str(_minilm_folder()), num_labels=1, device="cpu", local_files_only=True)
+    model, tok = ce.model, ce.tokenizer
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-5)
+    model.train()
+    for _ in range(2):
+        rng.shuffle(pairs)
+        for i in range(0, len(pairs), 8):
+            batch = pairs[i : i + 8]
+            enc = tok([p[0] for p in batch], [p[1] for p in batch], padding=True, truncation=True, max_length=128,
+                      return_tensors="pt")
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                model(**enc).logits.squeeze(-1), torch.tensor([p[2] for p in batch]))
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+    model.eval()
+    out = tmp_path_factory.mktemp("reranker")
+    ce.save(str(out))
+    return out
+
+
+def test_rerank_orders_candidates_by_the_cross_encoder(cran, tiny_reranker):
+    r = Reranker(tiny_reranker)
+    seen: list[int] = []
+    original = r.logits
+
+    def counting(query, texts):  # type: ignore[no-untyped-def]
+        seen.append(len(texts))
+        return original(query, texts)
+
+    r.logits = counting  # type: ignore[method-assign]
+    first = cran.search(QUERY, k=30, mode="hybrid")
+    hits = cran.search(QUERY, k=5, mode="hybrid", rerank=r, candidates=30)
+    assert seen == [30] and len(hits) == 5
+    # Independently score the same 30 candidates with the raw cross-encoder.
+    raw = original(QUERY, first.texts)
+    best = np.argsort(-raw, kind="stable")[:5]
+    assert hits.ids == [first.ids[i] for i in best]
+    np.testing.assert_allclose(hits.rerank_logits, raw[best], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(hits.scores, sigmoid(raw[best]), rtol=1e-4, atol=1e-5)
+    assert all(0.0 <= s <= 1.0 for s in hits.scores)
+    assert hits.first_stage_scores == [first.scores[i] for i in best]
+    assert r.last_latency_s > 0
+    d = hits.to_dicts()[0]
+    assert set(d) >= {"rerank_logit", "first_stage_score", "score"}
+
+
+def test_reranker_errors(tmp_path):
+    from embedsmith import ModelNotFoundError
+
+    with pytest.raises(ModelNotFoundError, match="no reranker ships offline"):
+        Reranker(tmp_path / "nope")
