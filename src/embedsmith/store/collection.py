@@ -21,6 +21,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,6 +185,8 @@ class Collection:
         self._live = 0
         self._dead = 0  # deleted rows still in the ANN graph
         self._closed = False
+        self._executor: ThreadPoolExecutor | None = None
+        self._reader: sqlite3.Connection | None = None
         self._index = self._load_index()
         self._sync(force=True)
 
@@ -766,8 +769,13 @@ class Collection:
             ranked = self._bm25(str(query), first, sql, params)
         else:
             pool = max(first, 100)  # each list contributes its top 100 (or more) to the fusion
-            dense = self._dense(query, pool, sql, params, ef=ef, exact=exact, rescore=rescore)
-            sparse = self._bm25(str(query), pool, sql, params)
+            # bm25 runs on its own connection in a worker thread while the query is embedded and the graph
+            # searched: SQLite, onnxruntime and faiss all release the GIL, so hybrid costs max(), not sum.
+            pending = self._bm25_worker().submit(self._bm25, str(query), pool, sql, params, reader=True)
+            try:
+                dense = self._dense(query, pool, sql, params, ef=ef, exact=exact, rescore=rescore)
+            finally:
+                sparse = pending.result()
             rows = {h[1]: h for h in (*sparse, *dense)}
             if fusion == "rrf":
                 fused = reciprocal_rank_fusion([[h[1] for h in dense], [h[1] for h in sparse]], k=rrf_k)
@@ -798,26 +806,39 @@ class Collection:
             metadata=[{} if h[3] == "{}" else json.loads(h[3]) for h in ranked],
         )
 
-    def _bm25(self, query: str, n: int, sql: str, params: list[Any]) -> list[tuple[float, str, Any, str]]:
-        """Top ``n`` live rows by FTS5 BM25 (score = -bm25(), higher is better), ties by id."""
+    def _bm25_worker(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"embedsmith-bm25-{self.name}")
+        return self._executor
+
+    def _bm25(
+        self, query: str, n: int, sql: str, params: list[Any], *, reader: bool = False
+    ) -> list[tuple[float, str, Any, str]]:
+        """Top ``n`` live rows by FTS5 BM25 (score = -bm25(), higher is better), ties by id.
+
+        With ``reader``, runs on a second, read-only connection (from the bm25 worker thread only); a new
+        statement there sees every transaction committed before it started.
+        """
         expr = match_expression(query)
-        with self._lock:
-            self._sync()
-            if sql == "1":
-                # Unfiltered: FTS5's own top-n by rank (deleted rows are already out of the FTS index).
-                rows = self._conn.execute(
-                    "SELECT -top.rank, records.id, records.text, records.metadata FROM "
+        if sql == "1":
+            # Unfiltered: FTS5's own top-n by rank (deleted rows are already out of the FTS index).
+            stmt = ("SELECT -top.rank, records.id, records.text, records.metadata FROM "
                     "(SELECT rowid, rank FROM fts WHERE fts MATCH ? ORDER BY rank LIMIT ?) AS top "
-                    "JOIN records ON records.seq = top.rowid",
-                    (expr, n),
-                ).fetchall()
-            else:
-                rows = self._conn.execute(
-                    "SELECT -fts.rank, records.id, records.text, records.metadata FROM fts "
+                    "JOIN records ON records.seq = top.rowid")
+            args: tuple[Any, ...] = (expr, n)
+        else:
+            stmt = ("SELECT -fts.rank, records.id, records.text, records.metadata FROM fts "
                     f"JOIN records ON records.seq = fts.rowid WHERE fts MATCH ? AND records.deleted = 0 AND {sql} "
-                    "ORDER BY fts.rank LIMIT ?",
-                    (expr, *params, n),
-                ).fetchall()
+                    "ORDER BY fts.rank LIMIT ?")
+            args = (expr, *params, n)
+        if reader:
+            if self._reader is None:
+                self._reader = sqlite3.connect(f"file:{self.folder / 'collection.sqlite'}?mode=ro", uri=True,
+                                               check_same_thread=False)
+            rows = self._reader.execute(stmt, args).fetchall()
+        else:
+            with self._lock:
+                rows = self._conn.execute(stmt, args).fetchall()
         return sorted(rows, key=lambda h: (-h[0], h[1]))
 
     def _dense(
@@ -916,6 +937,10 @@ class Collection:
                     self.save_index()
             finally:
                 self._closed = True
+                if self._executor is not None:
+                    self._executor.shutdown(wait=True)
+                if self._reader is not None:
+                    self._reader.close()
                 self._conn.close()
 
     def __enter__(self) -> Collection:
