@@ -237,7 +237,7 @@ def search(
         table.add_column(col)
     for n, h in enumerate(hits, start=1):
         score = f"{h.score:.4f}" + (f" (logit {h.rerank_logit:.2f})" if h.rerank_logit is not None else "")
-        table.add_row(str(n), score, h.id, str(h.metadata.get("source", "")),
+        table.add_row(str(n), score, h.id, Path(str(h.metadata.get("source", ""))).name,
                       (h.text or "").replace("\n", " ")[:100])
     Console().print(table)
 
