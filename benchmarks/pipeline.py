@@ -56,20 +56,37 @@ def main() -> None:
     ap.add_argument("--chunks", type=int, default=100_000)
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--parts", default="ingest,rerank,search", help="which of ingest, rerank, search to run")
     args = ap.parse_args()
+    parts = set(args.parts.split(","))
 
-    from embedsmith import load_encoder, open_collection
-    from embedsmith.ingest import index_paths
+    from embedsmith import load_encoder
 
     rng = random.Random(0)
     enc = load_encoder("minilm", backend="onnx", threads=args.threads)
     work = Path(tempfile.mkdtemp(prefix="embedsmith-pipeline-"))
+    rows: list[tuple[str, ...]] = []
+    if "ingest" in parts:
+        ingest(args, rng, enc, work, rows)
+    if "rerank" in parts:
+        rerank(args, rng, work, rows)
+    if "search" in parts:
+        search(args, rng, enc, work, rows)
+    print(f"\nthreads={args.threads}\n")
+    print("| what | size | measured | ratio / note |")
+    print("|---|---|---|---|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+
+
+def ingest(args, rng, enc, work, rows):  # type: ignore[no-untyped-def]
+    from embedsmith import open_collection
+    from embedsmith.ingest import index_paths
+
     folder = work / "docs"
     folder.mkdir()
     for i in range(args.docs):
         (folder / f"doc{i:05d}.txt").write_text(synthetic_text(rng, 30, 90))
-    rows = []
-
     with open_collection("ingest", store=work / "store", encoder=enc) as coll:
         t = time.perf_counter()
         report = index_paths(coll, [folder])
@@ -82,7 +99,10 @@ def main() -> None:
                  f"{len(chunks) / ingest_s:,.0f} chunks/s end to end vs {len(chunks) / encode_s:,.0f} encode only",
                  f"{encode_s / ingest_s:.2f}x encode"))
 
-    # Rerank latency with a MiniLM-size cross-encoder.
+
+
+def rerank(args, rng, work, rows):  # type: ignore[no-untyped-def]
+    """Rerank latency with a MiniLM-size cross-encoder, per backend."""
     from sentence_transformers import CrossEncoder
 
     from embedsmith.encoders.registry import _minilm_folder
@@ -93,16 +113,28 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    reranker = Reranker(ce_dir, device="cpu")
     candidates = [synthetic_text(rng, 60, 180) for _ in range(100)]
-    reranker.logits("warm up", candidates[:8])
-    lat = []
-    for i in range(10):
-        t = time.perf_counter()
-        reranker.logits(f"query {i} about " + synthetic_text(rng, 5, 10), candidates)
-        lat.append(time.perf_counter() - t)
-    rows.append(("rerank 100 candidates (MiniLM-L6 cross-encoder, 60-180 word passages)", "10 queries",
-                 f"p50 {pct(lat, 50):.2f} s, p90 {pct(lat, 90):.2f} s", f"{100 / statistics.median(lat):,.0f} pairs/s"))
+    queries = [f"query {i} about " + synthetic_text(rng, 5, 10) for i in range(10)]
+    reference = None
+    for backend in ("torch", "onnx", "onnx-int8"):
+        reranker = Reranker(ce_dir, device="cpu", backend=backend, threads=args.threads)
+        reranker.logits("warm up", candidates[:8])
+        lat = []
+        for q in queries:
+            t = time.perf_counter()
+            logits = reranker.logits(q, candidates)
+            lat.append(time.perf_counter() - t)
+        if reference is None:
+            reference = logits
+        agree = float(np.corrcoef(logits, reference)[0, 1])
+        rows.append((f"rerank 100 candidates, {backend} (MiniLM-L6 cross-encoder, 60-180 word passages)",
+                     "10 queries", f"p50 {pct(lat, 50):.2f} s, p90 {pct(lat, 90):.2f} s",
+                     f"{100 / statistics.median(lat):,.0f} pairs/s; logit corr. to torch {agree:.4f}"))
+
+
+
+def search(args, rng, enc, work, rows):  # type: ignore[no-untyped-def]
+    from embedsmith import open_collection
 
     sys.path.insert(0, str(Path(__file__).parent))
     from search import SHARED, real_texts
@@ -137,12 +169,6 @@ def main() -> None:
         for mode, ms in stages.items():
             rows.append((f"{mode} search, text query, {args.chunks:,} chunks", f"{args.queries} queries",
                          f"p50 {pct(ms, 50):.1f} ms, p90 {pct(ms, 90):.1f} ms", f"build {build_s:.0f} s"))
-
-    print(f"\nthreads={args.threads}\n")
-    print("| what | size | measured | ratio / note |")
-    print("|---|---|---|---|")
-    for r in rows:
-        print("| " + " | ".join(r) + " |")
 
 
 if __name__ == "__main__":

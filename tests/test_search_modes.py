@@ -156,3 +156,16 @@ def test_reranker_errors(tmp_path):
 
     with pytest.raises(ModelNotFoundError, match="no reranker ships offline"):
         Reranker(tmp_path / "nope")
+
+
+def test_onnx_reranker_matches_torch(tiny_reranker):
+    docs = [json.loads(x)["text"] for x in (CRAN / "corpus.jsonl").read_text().splitlines()[:40]]
+    torch_r = Reranker(tiny_reranker, backend="torch", device="cpu")
+    onnx_r = Reranker(tiny_reranker)  # auto: exact ONNX on CPU
+    int8_r = Reranker(tiny_reranker, backend="onnx-int8")
+    assert (onnx_r.backend, torch_r.backend) == ("onnx", "torch") and onnx_r.max_length == torch_r.max_length
+    ref = torch_r.logits(QUERY, docs)
+    np.testing.assert_allclose(onnx_r.logits(QUERY, docs), ref, atol=1e-3)
+    approx = int8_r.logits(QUERY, docs)
+    assert np.corrcoef(approx, ref)[0, 1] > 0.98
+    assert not np.allclose(approx, ref, atol=1e-4)  # int8 really is a different (quantised) model

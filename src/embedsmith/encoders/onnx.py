@@ -7,6 +7,7 @@ The graph is exported once from the folder's own weights (this step needs torch)
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import shutil
@@ -29,28 +30,39 @@ log = logging.getLogger("embedsmith")
 MAX_BATCH_TOKENS = 4096
 
 
+# Bumped whenever the export itself changes, so a stale cached graph is never reused.
+EXPORT_VERSION = 2
+
+
 def onnx_dir(folder: ModelFolder) -> Path:
-    return cache_dir() / "onnx" / folder.digest()[:32]
+    return cache_dir() / "onnx" / f"{folder.digest()[:32]}-v{EXPORT_VERSION}"
 
 
-def export_onnx(folder: ModelFolder) -> Path:
-    """Export the folder's transformer to ``model.onnx`` (fp32) in the cache; returns the file.
+def export_onnx(folder: ModelFolder, *, head: str = "embeddings") -> Path:
+    """Export the folder's transformer to ONNX (fp32) in the cache; returns the file.
 
-    Written to a temporary folder and renamed, so a crash never leaves a half-written model behind.
+    ``head='embeddings'`` exports token states (``model.onnx``: input_ids, attention_mask ->
+    last_hidden_state); ``head='relevance'`` exports a cross-encoder (``reranker.onnx``: input_ids,
+    attention_mask, token_type_ids -> logits). Written to a temporary folder and renamed, so a crash never
+    leaves a half-written model behind.
     """
-    target = onnx_dir(folder) / "model.onnx"
+    relevance = head == "relevance"
+    target = onnx_dir(folder) / ("reranker.onnx" if relevance else "model.onnx")
     if target.is_file():
         return target
     try:
         import torch
-        from transformers import AutoModel
+        from transformers import AutoModel, AutoModelForSequenceClassification
     except ImportError as exc:
         raise MissingExtraError(
             f"exporting {folder.path.name} to ONNX (first use only)", "torch", "torch"
         ) from exc
     log.warning("exporting %s to ONNX once (cached in %s)", folder.path, target.parent)
-    model = AutoModel.from_pretrained(str(folder.path), local_files_only=True).eval()
-    has_types = "token_type_ids" in model.forward.__code__.co_varnames and model.config.type_vocab_size > 0
+    loader = AutoModelForSequenceClassification if relevance else AutoModel
+    model = loader.from_pretrained(str(folder.path), local_files_only=True).eval()
+    # (forward is wrapped by decorators in transformers 5: read its signature, not its code object)
+    has_types = "token_type_ids" in inspect.signature(model.forward).parameters and \
+        getattr(model.config, "type_vocab_size", 0) > 0
 
     class Wrapped(torch.nn.Module):
         def __init__(self) -> None:
@@ -61,6 +73,16 @@ def export_onnx(folder: ModelFolder) -> Path:
             kwargs = {"token_type_ids": torch.zeros_like(input_ids)} if has_types else {}
             return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
 
+    class WrappedPairs(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    token_type_ids: torch.Tensor) -> torch.Tensor:
+            kwargs = {"token_type_ids": token_type_ids} if has_types else {}
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
+
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -70,21 +92,25 @@ def export_onnx(folder: ModelFolder) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".export-"))
     try:
+        shapes = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
         with torch.no_grad(), warnings.catch_warnings(), _quiet_loggers("torch"):
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(
-                Wrapped().eval(),
-                (ids, mask),
-                input_names=["input_ids", "attention_mask"],
-                output_names=["last_hidden_state"],
-                dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
-                opset_version=18,
-                dynamo=True,
-                verbose=False,
-            )
+            if relevance:
+                program = torch.onnx.export(
+                    WrappedPairs().eval(), (ids, mask, torch.zeros_like(ids)),
+                    input_names=["input_ids", "attention_mask", "token_type_ids"], output_names=["logits"],
+                    dynamic_shapes={**shapes, "token_type_ids": {0: batch, 1: seq}}, opset_version=18,
+                    dynamo=True, verbose=False,
+                )
+            else:
+                program = torch.onnx.export(
+                    Wrapped().eval(), (ids, mask), input_names=["input_ids", "attention_mask"],
+                    output_names=["last_hidden_state"], dynamic_shapes=shapes, opset_version=18, dynamo=True,
+                    verbose=False,
+                )
         assert program is not None
-        program.save(str(tmp / "model.onnx"), external_data=False)
-        os.replace(tmp / "model.onnx", target)
+        program.save(str(tmp / target.name), external_data=False)
+        os.replace(tmp / target.name, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
@@ -105,13 +131,13 @@ def _quiet_loggers(*names: str) -> Iterator[None]:
 
 def quantize_int8(fp32: Path) -> Path:
     """Per-channel dynamic int8 quantisation of the exported model (cached beside it)."""
-    target = fp32.with_name("model-int8.onnx")
+    target = fp32.with_name(f"{fp32.stem}-int8.onnx")
     if target.is_file():
         return target
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     log.warning("quantising %s to int8 (per-channel, dynamic) once", fp32)
-    tmp = target.with_name(f".model-int8.{os.getpid()}.onnx")
+    tmp = target.with_name(f".{target.stem}.{os.getpid()}.onnx")
     quantize_dynamic(str(fp32), str(tmp), per_channel=True, weight_type=QuantType.QInt8)
     os.replace(tmp, target)
     return target
