@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from embedsmith import open_collection
@@ -84,3 +85,20 @@ def test_index_every_type_then_skip_replace_prune(tmp_path, minilm_onnx):
         assert c.get(where={"source": str(docs / "c.html")}) == []
         assert c.search("barking dogs", k=1).metadata[0]["source"].endswith("a.txt")
         assert c.search("cats purr", k=5, mode="bm25").ids == []
+
+
+def test_later_chunks_are_embedded_with_their_title(tmp_path, minilm_onnx):
+    body = " ".join(f"Sentence {i} about boundary layer transition on swept wings." for i in range(60))
+    (tmp_path / "c.jsonl").write_text(json.dumps({"_id": "d1", "title": "Swept wing transition", "text": body}))
+    with open_collection("t", store=tmp_path / "s", encoder=minilm_onnx) as c:
+        index_paths(c, [tmp_path / "c.jsonl"])
+        recs = c.get(where={"doc_id": "d1"}, include_vectors=True)
+        assert len(recs) >= 2 and recs[0]["text"].startswith("Swept wing transition")
+        second = recs[1]
+        full = "Swept wing transition\n\n" + body
+        assert full[second["metadata"]["start"] : second["metadata"]["end"]] == second["text"]
+        expected = minilm_onnx.encode(["Swept wing transition\n\n" + second["text"]], kind="document")[0]
+        np.testing.assert_allclose(second["vector"], expected, atol=1e-5)
+        assert minilm_onnx.count_tokens(["Swept wing transition\n\n" + second["text"]])[0] <= 256
+        # bm25 reads the title in front of every chunk too
+        assert len(c.search("swept wing transition", k=10, mode="bm25")) == len(recs)

@@ -222,7 +222,7 @@ def test_newer_format_is_refused(tmp_path):
     db.execute("UPDATE meta SET value = '99' WHERE key = 'format_version'")
     db.commit()
     db.close()
-    with pytest.raises(StoreError, match="store format 99; this embedsmith reads up to 2"):
+    with pytest.raises(StoreError, match="store format 99; this embedsmith reads up to 3"):
         open_collection("c", store=tmp_path)
 
 
@@ -230,13 +230,14 @@ def test_format_1_store_is_upgraded_in_place(tmp_path, vecs):
     with make(tmp_path) as c:
         c.add_vectors(vecs[:3], ["a", "b", "c"], texts=["zebra crossing", "lift and drag", None])
     db = sqlite3.connect(tmp_path / "c" / "collection.sqlite")
-    db.executescript("DROP TABLE fts; DROP INDEX records_dead; UPDATE meta SET value = '1' "
+    db.executescript("DROP TABLE fts; DROP VIEW records_search; DROP INDEX records_dead; "
+                     "ALTER TABLE records DROP COLUMN index_text; UPDATE meta SET value = '1' "
                      "WHERE key = 'format_version';")
     db.close()
     with open_collection("c", store=tmp_path) as c:
         assert c.search("zebra", k=3, mode="bm25").ids == ["a"]
     db = sqlite3.connect(tmp_path / "c" / "collection.sqlite")
-    assert db.execute("SELECT value FROM meta WHERE key = 'format_version'").fetchone()[0] == "2"
+    assert db.execute("SELECT value FROM meta WHERE key = 'format_version'").fetchone()[0] == "3"
     db.close()
 
 

@@ -26,7 +26,8 @@ def model_budget(encoder: Encoder, kind: str = "document") -> int:
     return int(encoder.max_tokens) - overhead
 
 
-def _token_spans(encoder: Encoder, text: str) -> list[tuple[int, int]]:
+def encoder_token_spans(encoder: Encoder, text: str) -> list[tuple[int, int]]:
+    """Character spans of the encoder's tokens in ``text`` (words and punctuation for plain Protocol encoders)."""
     if hasattr(encoder, "token_spans"):
         return list(encoder.token_spans(text))
     return [m.span() for m in re.finditer(r"\w+|[^\w\s]", text)]
@@ -114,7 +115,7 @@ def chunk_text(
             continue
         if unit == "tokens":
             assert encoder is not None
-            spans = [(a + s_start, b + s_start) for a, b in _token_spans(encoder, section) if b > a]
+            spans = [(a + s_start, b + s_start) for a, b in encoder_token_spans(encoder, section) if b > a]
         else:
             spans = [(i, i + 1) for i in range(s_start, s_end)]
         for start, end, n in _pack(text, spans, limit, overlap, encoder if unit == "tokens" else None):

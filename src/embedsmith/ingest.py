@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .chunking import chunk_text
+from .chunking import DEFAULT_MAX_TOKENS, chunk_text, encoder_token_spans, model_budget
 from .errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -201,18 +201,36 @@ def walk(paths: Sequence[str | Path]) -> list[Path]:
 def document_chunks(
     doc: Document, collection: Collection, *, max_tokens: int | None, overlap: int, headings: bool
 ) -> list[dict[str, Any]]:
-    """Records (id, text, metadata) for one document's chunks. The title leads the first chunk's text."""
+    """Records (id, text, metadata) for one document's chunks.
+
+    The title leads the first chunk's text. Later chunks are embedded and bm25-indexed with the title in
+    front (``index_text``) so that they keep their document's context; their stored text stays the exact
+    slice of the document, and chunks are sized so that title plus chunk fit the model.
+    """
     text = f"{doc.title}\n\n{doc.text}" if doc.title and doc.text.strip() else (doc.text or doc.title or "")
-    pieces = chunk_text(text, encoder=collection.encoder, max_tokens=max_tokens, overlap=overlap,
-                        headings=headings, source=doc.source, title=doc.title)
+    enc = collection.encoder
+    limit = max_tokens
+    title_tokens = len(encoder_token_spans(enc, doc.title)) if doc.title and doc.text.strip() else 0
+    if title_tokens:
+        budget = model_budget(enc)
+        room = min(max_tokens or DEFAULT_MAX_TOKENS, budget) - title_tokens - 2
+        # A title too long to share the window is left out of the later chunks' embedding.
+        limit = room if room > max(overlap, 32) else max_tokens
+        if room <= max(overlap, 32):
+            title_tokens = 0
+    pieces = chunk_text(text, encoder=enc, max_tokens=limit, overlap=overlap, headings=headings,
+                        source=doc.source, title=doc.title)
     records = []
     for c in pieces:
         meta = dict(doc.metadata)
         meta.update(source=doc.source, doc_id=doc.id, chunk=c.index, start=c.start, end=c.end, tokens=c.n_tokens)
         if c.title:
             meta["title"] = c.title
-        records.append({"id": f"{doc.id}#{c.index}" if len(pieces) > 1 or c.index else doc.id,
-                        "text": c.text, "metadata": meta})
+        rec: dict[str, Any] = {"id": f"{doc.id}#{c.index}" if len(pieces) > 1 or c.index else doc.id,
+                               "text": c.text, "metadata": meta}
+        if title_tokens and c.start > 0:
+            rec["index_text"] = f"{doc.title}\n\n{c.text}"
+        records.append(rec)
     return records
 
 

@@ -34,13 +34,13 @@ from ..quantization import Int8Calibration
 from ..search import RRF_K, best_per_group, reciprocal_rank_fusion, weighted_fusion
 from ..types import Encoder, Hits, Metric, Precision, parse_enum
 from .ann import AnnIndex, DamagedIndexError, IndexSpec
-from .bm25 import FTS_SCHEMA, INDEX_ROWS, UNINDEX_ROWS, match_expression
+from .bm25 import FTS_SCHEMA, INDEX_ROWS, SEARCH_VIEW, UNINDEX_ROWS, match_expression
 from .filters import Where, compile_where
 
 if TYPE_CHECKING:
     from ..rerankers import Reranker
 
-FORMAT_VERSION = 2  # 2: FTS5 index for bm25 and hybrid search
+FORMAT_VERSION = 3  # 2: FTS5 index for bm25 and hybrid search; 3: records.index_text
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _SQL_VARS = 900  # stay below SQLite's host-parameter limit
 _LOSSLESS_BACKENDS = {"onnx", "torch"}
@@ -53,11 +53,12 @@ CREATE TABLE IF NOT EXISTS records(
     text TEXT,
     metadata TEXT NOT NULL DEFAULT '{}',
     vector BLOB NOT NULL,
-    deleted INTEGER NOT NULL DEFAULT 0
+    deleted INTEGER NOT NULL DEFAULT 0,
+    index_text TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS records_live_id ON records(id) WHERE deleted = 0;
 CREATE INDEX IF NOT EXISTS records_dead ON records(seq) WHERE deleted = 1;
-""" + FTS_SCHEMA + ";"
+""" + SEARCH_VIEW + ";\n" + FTS_SCHEMA + ";"
 
 
 class IndexRebuildWarning(RuntimeWarning):
@@ -393,7 +394,9 @@ class Collection:
         texts: Sequence[str] | Sequence[Mapping[str, Any]],
         ids: Sequence[str] | None,
         metadata: Sequence[Mapping[str, Any]] | None,
-    ) -> tuple[list[str], list[str] | None, list[Mapping[str, Any]] | None]:
+    ) -> tuple[list[str], list[str] | None, list[Mapping[str, Any]] | None, list[str] | None]:
+        """Texts, ids, metadata and (from records' ``index_text``) what the encoder and bm25 read instead."""
+        embed: list[str] | None = None
         items: list[Any] = list(texts)
         if items and all(isinstance(r, Mapping) for r in items):
             if ids is not None or metadata is not None:
@@ -403,12 +406,18 @@ class Collection:
                 if "text" not in r:
                     raise InvalidInputError(f"records[{i}] has no 'text'")
             got_ids: list[Any] = [r.get("id") for r in recs]
+            if any("index_text" in r for r in recs):
+                # What the encoder and bm25 read may differ from what is stored and shown (e.g. a chunk
+                # with its document's title in front).
+                embed = [str(r.get("index_text") or r["text"]) for r in recs]
             return (
                 [r["text"] for r in recs],
                 None if all(x is None for x in got_ids) else got_ids,
                 [r.get("metadata") or {} for r in recs],
+                embed,
             )
-        return items, (list(ids) if ids is not None else None), (list(metadata) if metadata is not None else None)
+        return (items, (list(ids) if ids is not None else None),
+                (list(metadata) if metadata is not None else None), None)
 
     # -- writes ---------------------------------------------------------------------------------------
     def add(
@@ -427,13 +436,14 @@ class Collection:
         """
         from ..encoders.base import check_texts
 
-        t, i, m = self._split_records(texts, ids, metadata)
+        t, i, m, e = self._split_records(texts, ids, metadata)
         t = check_texts(t)
         id_list = self._check_ids(i, len(t))
         meta = self._check_metadata(m, len(t))
         self._reject_existing(id_list)
-        vectors = self.encoder.encode(t, kind="document", batch_size=batch_size, show_progress=show_progress)
-        return self._insert(id_list, t, meta, self._check_vectors(vectors, len(t)), replace=False)
+        vectors = self.encoder.encode(check_texts(e) if e else t, kind="document", batch_size=batch_size,
+                                      show_progress=show_progress)
+        return self._insert(id_list, t, meta, self._check_vectors(vectors, len(t)), replace=False, index_texts=e)
 
     def add_vectors(
         self,
@@ -464,14 +474,15 @@ class Collection:
         """Like :meth:`add`, but an existing id is replaced (old row soft-deleted, in the same transaction)."""
         from ..encoders.base import check_texts
 
-        t, i, m = self._split_records(texts, ids, metadata)
+        t, i, m, e = self._split_records(texts, ids, metadata)
         t = check_texts(t)
         if i is None:
             raise InvalidInputError("upsert needs ids")
         id_list = self._check_ids(i, len(t))
         meta = self._check_metadata(m, len(t))
-        vectors = self.encoder.encode(t, kind="document", batch_size=batch_size, show_progress=show_progress)
-        return self._insert(id_list, t, meta, self._check_vectors(vectors, len(t)), replace=True)
+        vectors = self.encoder.encode(check_texts(e) if e else t, kind="document", batch_size=batch_size,
+                                      show_progress=show_progress)
+        return self._insert(id_list, t, meta, self._check_vectors(vectors, len(t)), replace=True, index_texts=e)
 
     def upsert_vectors(
         self,
@@ -519,7 +530,7 @@ class Collection:
 
     def _insert(
         self, ids: list[str], texts: Sequence[str | None], meta: list[str], vectors: np.ndarray, *, replace: bool,
-        delete_where: tuple[str, list[Any]] | None = None,
+        delete_where: tuple[str, list[Any]] | None = None, index_texts: Sequence[str] | None = None,
     ) -> list[str]:
         if not ids and delete_where is None:
             return []
@@ -535,9 +546,11 @@ class Collection:
                     if delete_where is not None:
                         replaced += self._soft_delete(db, f"deleted = 0 AND {delete_where[0]}", delete_where[1])
                     first = self._max_seq() + 1
+                    extra = [None if x == t else x for x, t in zip(index_texts, texts, strict=True)] \
+                        if index_texts is not None else [None] * len(ids)
                     db.executemany(
-                        "INSERT INTO records(id, text, metadata, vector) VALUES (?, ?, ?, ?)",
-                        zip(ids, texts, meta, (row.tobytes() for row in vectors), strict=True),
+                        "INSERT INTO records(id, text, metadata, vector, index_text) VALUES (?, ?, ?, ?, ?)",
+                        zip(ids, texts, meta, (row.tobytes() for row in vectors), extra, strict=True),
                     )
                     db.execute(INDEX_ROWS.format(where="seq >= ?"), (first,))
             except sqlite3.IntegrityError as exc:  # another process added one of these ids meanwhile
@@ -666,13 +679,14 @@ class Collection:
             self._live -= n
             self._dead += n
             return []
-        t, i, m = self._split_records(records, None, None)
+        t, i, m, e = self._split_records(records, None, None)
         t = check_texts(t)
         id_list = self._check_ids(i, len(t))
         meta = self._check_metadata(m, len(t))
-        vectors = self.encoder.encode(t, kind="document", batch_size=batch_size, show_progress=show_progress)
+        vectors = self.encoder.encode(check_texts(e) if e else t, kind="document", batch_size=batch_size,
+                                      show_progress=show_progress)
         return self._insert(id_list, t, meta, self._check_vectors(vectors, len(t)), replace=True,
-                            delete_where=(sql, params))
+                            delete_where=(sql, params), index_texts=e)
 
     def _query_vector(self, query: str | np.ndarray | Sequence[float]) -> np.ndarray:
         if isinstance(query, str):
@@ -1063,9 +1077,17 @@ def open_collection(
 
 
 def _upgrade(conn: sqlite3.Connection, name: str, version: int) -> None:
-    """Bring an older store up to this format in one transaction (format 1 had no FTS index)."""
+    """Bring an older store up to this format in one transaction.
+
+    Format 1 had no FTS index, format 2 no ``index_text`` column; the FTS index is rebuilt from live rows.
+    """
     try:
         conn.execute("BEGIN IMMEDIATE")
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(records)")}
+        if "index_text" not in columns:
+            conn.execute("ALTER TABLE records ADD COLUMN index_text TEXT")
+        conn.execute("DROP TABLE IF EXISTS fts")
+        conn.execute(SEARCH_VIEW)
         conn.execute(FTS_SCHEMA)
         conn.execute("CREATE INDEX IF NOT EXISTS records_dead ON records(seq) WHERE deleted = 1")
         conn.execute(INDEX_ROWS.format(where="deleted = 0"))
