@@ -268,7 +268,8 @@ def index_paths(
 
     def flush() -> None:
         if pending_sources:
-            collection.replace({"source": {"$in": list(pending_sources)}}, pending)
+            collection.replace({"source": {"$in": list(pending_sources)}}, pending,
+                               show_progress=show_progress and len(pending) > 256)
             report.chunks += len(pending)
             pending.clear()
             pending_sources.clear()
