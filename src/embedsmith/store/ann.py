@@ -26,8 +26,14 @@ class DamagedIndexError(Exception):
     """The index file is missing, truncated or does not match its stamp."""
 
 
+_FAISS: Any = None
+
+
 def _faiss() -> Any:
-    return require("faiss", extra="store", what="the vector index")
+    global _FAISS
+    if _FAISS is None:
+        _FAISS = require("faiss", extra="store", what="the vector index")
+    return _FAISS
 
 
 @dataclass(frozen=True)

@@ -50,11 +50,11 @@ CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS records(
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL,
-    text TEXT,
-    metadata TEXT NOT NULL DEFAULT '{}',
-    vector BLOB NOT NULL,
     deleted INTEGER NOT NULL DEFAULT 0,
-    index_text TEXT
+    metadata TEXT NOT NULL DEFAULT '{}',
+    text TEXT,
+    index_text TEXT,
+    vector BLOB NOT NULL  -- last: a 1.5 KB blob spills to overflow pages, which reads of the other columns skip
 );
 CREATE UNIQUE INDEX IF NOT EXISTS records_live_id ON records(id) WHERE deleted = 0;
 CREATE INDEX IF NOT EXISTS records_dead ON records(seq) WHERE deleted = 1;
