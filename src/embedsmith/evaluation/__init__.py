@@ -1,5 +1,6 @@
-"""Evaluation: ranking metrics with trec_eval's definitions (tasks come in the evaluation issue)."""
+"""Evaluation: ranking metrics with trec_eval's definitions, and tasks on local data."""
 
 from .metrics import retrieval_scores
+from .tasks import STSTask
 
-__all__ = ["retrieval_scores"]
+__all__ = ["STSTask", "retrieval_scores"]
