@@ -366,3 +366,22 @@ def test_text_collection_with_real_model(tmp_path, minilm_onnx):
     int8 = load_encoder("minilm", backend="onnx-int8")
     with pytest.raises(SettingsMismatchError, match=r"built with model 'minilm'.*reembed"):
         open_collection("docs", store=tmp_path, encoder=int8)
+
+
+def test_saving_keeps_newer_index_files_and_drops_old_ones(tmp_path, vecs):
+    import os
+
+    with make(tmp_path, exact_below=0) as c:
+        c.add_vectors(vecs[:50], [str(i) for i in range(50)])
+        c.save_index()
+        folder = tmp_path / "c"
+        newer = folder / "ann-999999.faiss"  # as if another process had just saved a later state
+        newer.write_bytes(b"x")
+        stale_tmp = folder / ".ann-7.faiss.12345.tmp"
+        stale_tmp.write_bytes(b"half")
+        os.utime(stale_tmp, (1, 1))
+        c.add_vectors(vecs[50:60], [str(i) for i in range(50, 60)])
+        c.save_index()
+        files = sorted(p.name for p in folder.glob("ann-*.faiss"))
+        assert files == ["ann-60.faiss", "ann-999999.faiss"]
+        assert not stale_tmp.exists()

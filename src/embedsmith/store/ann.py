@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,9 +167,8 @@ class AnnIndex:
         _fsync(tmp_stamp)
         os.replace(tmp_stamp, folder / "ann.json")
         _fsync_dir(folder)
-        for old in folder.glob("ann-*.faiss"):
-            if old.name != name:
-                old.unlink(missing_ok=True)
+        _remove_stale(folder, self.last_seq)
+
 
     @classmethod
     def load(cls, folder: Path, spec: IndexSpec) -> AnnIndex:
@@ -207,3 +207,24 @@ def _fsync_dir(path: Path) -> None:
         _fsync(path)
     except OSError:  # some filesystems refuse fsync on directories; the rename is still atomic
         pass
+
+
+def _remove_stale(folder: Path, keep_seq: int) -> None:
+    """Delete index files older than the one just saved, and temp files of saves killed long ago.
+
+    A newer file (saved meanwhile by another process) is left alone; its stamp may be the current one.
+    """
+    for old in folder.glob("ann-*.faiss"):
+        try:
+            seq = int(old.stem.split("-", 1)[1])
+        except ValueError:
+            continue
+        if seq < keep_seq:
+            old.unlink(missing_ok=True)
+    hour_ago = time.time() - 3600
+    for tmp in folder.glob(".ann*.tmp"):
+        try:
+            if tmp.stat().st_mtime < hour_ago:
+                tmp.unlink(missing_ok=True)
+        except OSError:
+            pass

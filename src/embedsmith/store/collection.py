@@ -782,7 +782,7 @@ class Collection:
         elif mode == "bm25":
             ranked = self._bm25(str(query), first, sql, params)
         else:
-            pool = max(first, 100)  # each list contributes its top 100 (or more) to the fusion
+            pool = max(first, candidates or 0, 100)  # each list contributes its top 100 (or more) to the fusion
             # bm25 runs on its own connection in a worker thread while the query is embedded and the graph
             # searched: SQLite, onnxruntime and faiss all release the GIL, so hybrid costs max(), not sum.
             pending = self._bm25_worker().submit(self._bm25, str(query), pool, sql, params, reader=True)
