@@ -1,6 +1,33 @@
-"""Evaluation: ranking metrics with trec_eval's definitions, and tasks on local data."""
+"""Evaluation: MTEB-compatible tasks on local data, the dimension/precision trade-off, and pipelines."""
 
+from .embed import EmbeddingCache
 from .metrics import retrieval_scores
-from .tasks import STSTask
+from .results import TaskResult
+from .tasks import (
+    TASK_TYPES,
+    BitextTask,
+    ClassificationTask,
+    ClusteringTask,
+    PairClassificationTask,
+    RetrievalTask,
+    STSTask,
+    Task,
+    evaluate,
+    load_task,
+)
 
-__all__ = ["STSTask", "retrieval_scores"]
+__all__ = [
+    "TASK_TYPES",
+    "BitextTask",
+    "ClassificationTask",
+    "ClusteringTask",
+    "EmbeddingCache",
+    "PairClassificationTask",
+    "RetrievalTask",
+    "STSTask",
+    "Task",
+    "TaskResult",
+    "evaluate",
+    "load_task",
+    "retrieval_scores",
+]
