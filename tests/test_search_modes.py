@@ -169,3 +169,25 @@ def test_onnx_reranker_matches_torch(tiny_reranker):
     approx = int8_r.logits(QUERY, docs)
     assert np.corrcoef(approx, ref)[0, 1] > 0.98
     assert not np.allclose(approx, ref, atol=1e-4)  # int8 really is a different (quantised) model
+
+
+def test_pipeline_evaluation_of_the_deployed_collection(cran, tiny_reranker):
+    from embedsmith.evaluation.pipeline import evaluate_pipeline
+
+    rep = evaluate_pipeline(cran, CRAN / "queries.jsonl", CRAN / "qrels" / "dev.tsv")
+    assert rep.n_queries > 20 and rep.ann_recall > 0.9
+    assert set(rep.modes) == {"dense", "bm25", "hybrid"}
+    for mode, s in rep.modes.items():
+        assert 0.2 < s["ndcg_at_10"] <= 1 and s["recall_at_100"] >= s["ndcg_at_10"] * 0.5, (mode, s)
+    assert rep.problems == {}
+    # Judgements naming unknown queries or documents are counted, not scored.
+    odd = evaluate_pipeline(cran, {"a": "wing flutter", "b": "heat transfer"},
+                            {"a": {"1": 1, "ghost": 2}, "b": {"ghost": 1}, "zz": {"1": 1}}, modes=["bm25"])
+    assert odd.n_queries == 1
+    assert odd.problems == {"qrels_unknown_doc": 2, "queries_without_relevant_doc": 1, "qrels_unknown_query": 1}
+    small = evaluate_pipeline(cran, CRAN / "queries.jsonl", CRAN / "qrels" / "dev.tsv", modes=["dense"],
+                              reranker=Reranker(tiny_reranker), candidates=20, depth=20, limit=4)
+    assert small.n_queries == 4 and set(small.modes) == {"dense", "rerank"}
+    assert 0 <= small.modes["rerank"]["ndcg_at_10"] <= 1
+    with pytest.raises(InvalidInputError, match="no judged query"):
+        evaluate_pipeline(cran, {"q": "wings"}, {"q": {"no-such-doc": 1}})

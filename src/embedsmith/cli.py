@@ -360,6 +360,11 @@ def quickstart(
                    alpha=None, rerank=None, candidates=None, group_by="doc_id", exact=False, ef=None, as_json=False)
 
 
+from .cli_eval import eval_app  # noqa: E402  (registered after the commands above)
+
+app.add_typer(eval_app, name="eval")
+
+
 def main() -> None:
     """Entry point: one clear line on stderr for expected errors, a traceback only with --debug."""
     import logging

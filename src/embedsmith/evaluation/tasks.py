@@ -235,6 +235,40 @@ def _jsonl_texts(path: Path, problems: Counter[str], what: str, *, title: bool) 
     return out
 
 
+def read_qrels(path: Path, problems: Counter[str]) -> Iterator[tuple[str, str, int]]:
+    """(query id, document id, grade) from a BEIR qrels TSV (with or without its header) or a TREC qrels
+    file (``qid 0 docid grade``, tabs or spaces); malformed lines are counted in ``problems``."""
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            fields = line.split("\t") if "\t" in line else line.split()
+            fields = [x.strip() for x in fields]
+            if not line.strip():
+                continue
+            if n == 1 and not fields[-1].lstrip("-").isdigit():
+                continue  # header: query-id corpus-id score
+            if len(fields) == 4:  # TREC style: qid 0 docid grade
+                fields = [fields[0], fields[2], fields[3]]
+            if len(fields) != 3 or not fields[2].lstrip("-").isdigit():
+                problems["malformed_qrels"] += 1
+                continue
+            yield fields[0], fields[1], int(fields[2])
+
+
+def read_queries(path: str | Path, problems: Counter[str]) -> dict[str, str]:
+    """Query id -> text from a BEIR ``queries.jsonl`` or a TSV of ``id<TAB>text`` lines."""
+    p = _file(path, "queries file")
+    if p.suffix == ".jsonl":
+        return _jsonl_texts(p, problems, "queries", title=False)
+    out: dict[str, str] = {}
+    for line in p.read_text(encoding="utf-8").splitlines():
+        qid, _, text = line.partition("\t")
+        if not text.strip():
+            problems["malformed_queries"] += 1 if line.strip() else 0
+            continue
+        out[qid.strip()] = text.strip()
+    return out
+
+
 @dataclass
 class RetrievalTask(Task):
     """Queries, a corpus, and graded judgements (BEIR layout)."""
@@ -278,25 +312,13 @@ class RetrievalTask(Task):
         if not corpus:
             raise InvalidInputError(f"{corpus_path} holds no documents")
         qrels: dict[str, dict[str, int]] = defaultdict(dict)
-        with open(qrels_path, encoding="utf-8") as f:
-            for n, line in enumerate(f, start=1):
-                fields = line.rstrip("\n").split("\t")
-                if not line.strip():
-                    continue
-                if n == 1 and not fields[-1].lstrip("-").isdigit():
-                    continue  # header: query-id corpus-id score
-                if len(fields) == 4:  # TREC style: qid 0 docid grade
-                    fields = [fields[0], fields[2], fields[3]]
-                if len(fields) != 3 or not fields[2].strip().lstrip("-").isdigit():
-                    problems["malformed_qrels"] += 1
-                    continue
-                qid, did, grade = fields[0].strip(), fields[1].strip(), int(fields[2])
-                if qid not in queries:
-                    problems["qrels_unknown_query"] += 1
-                elif did not in corpus:
-                    problems["qrels_unknown_doc"] += 1
-                else:
-                    qrels[qid][did] = grade
+        for qid, did, grade in read_qrels(qrels_path, problems):
+            if qid not in queries:
+                problems["qrels_unknown_query"] += 1
+            elif did not in corpus:
+                problems["qrels_unknown_doc"] += 1
+            else:
+                qrels[qid][did] = grade
         judged = {q: rel for q, rel in qrels.items() if any(g > 0 for g in rel.values())}
         if len(judged) < len(qrels):
             problems["queries_without_relevant_doc"] += len(qrels) - len(judged)
@@ -396,8 +418,15 @@ class STSTask(Task):
         return len(self.scores)
 
     def _scores(self, embed: Embed) -> dict[str, float]:
-        va = embed(self.sentences1, None).astype(np.float64)
-        vb = embed(self.sentences2, None).astype(np.float64)
+        unique = list(dict.fromkeys(self.sentences1 + self.sentences2))
+        vectors = embed(unique, None)
+        row = {t: i for i, t in enumerate(unique)}
+        return self.score_vectors(vectors[[row[t] for t in self.sentences1]],
+                                  vectors[[row[t] for t in self.sentences2]])
+
+    def score_vectors(self, a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+        """Scores of row-aligned vectors for ``sentences1`` and ``sentences2``."""
+        va, vb = a.astype(np.float64), b.astype(np.float64)
         gold = np.asarray(self.scores, np.float64)
         sims = {
             "cosine": (va * vb).sum(1) / np.maximum(np.linalg.norm(va, axis=1) * np.linalg.norm(vb, axis=1), 1e-12),

@@ -1,0 +1,217 @@
+"""``embedsmith eval``: MTEB-style tasks on local data, the dims/precision trade-off, and a deployed pipeline."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+eval_app = typer.Typer(
+    help="Evaluate encoders on local data (MTEB's protocols), the dimension/precision trade-off, or a "
+    "deployed collection.",
+    no_args_is_help=True,
+)
+
+TASK_HELP = {
+    "retrieval": "BEIR folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv): nDCG/MAP/MRR/recall/precision@k.",
+    "sts": "Sentence pairs with gold scores (STSb CSV, SICK/SemEval TSV): Spearman/Pearson.",
+    "classification": "Text + label file (and optionally a test file): MTEB's logistic regression protocol, plus kNN.",
+    "clustering": "Text + label file: MiniBatchKMeans with k = number of labels, V-measure.",
+    "pair-classification": "Sentence pairs + binary label: best accuracy/F1 and average precision.",
+    "bitext": "Two aligned files (SOURCE TARGET): nearest-neighbour accuracy and F1, both ways.",
+}
+COLUMNS = {
+    "retrieval": ("ndcg_at_10", "mrr_at_10", "recall_at_100", "map_at_100"),
+    "sts": ("spearman_cosine", "pearson_cosine"),
+    "classification": ("accuracy", "f1", "knn_accuracy"),
+    "clustering": ("v_measure", "nmi", "ari"),
+    "pair-classification": ("max_ap", "max_f1", "max_accuracy"),
+    "bitext": ("accuracy", "f1", "reverse_accuracy", "reverse_f1"),
+}
+
+ModelsOpt = Annotated[list[str] | None, typer.Option("--model", "-m", help="alias or folder; repeat to compare")]
+BackendOpt = Annotated[str, typer.Option(help="auto | torch | onnx | onnx-int8")]
+DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+OutputOpt = Annotated[Path | None, typer.Option(help="write the results as JSON (MTEB's layout)")]
+
+
+def _load(model: str, backend: str, device: str) -> Any:
+    from .encoders import load_encoder
+
+    return load_encoder(model, backend=backend, device=device)
+
+
+def _warn_problems(problems: dict[str, int]) -> None:
+    if problems:
+        from rich.console import Console
+
+        listed = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in sorted(problems.items()))
+        Console(stderr=True).print(f"[yellow]data problems (skipped): {listed}[/yellow]")
+
+
+def _run_task(task_type: str, path: Path, path2: Path | None, models: list[str], backend: str, device: str,
+              split: str | None, dims: int | None, precision: str, text_column: str | None,
+              label_column: str | None, as_json: bool, output: Path | None) -> None:
+    from .evaluation import EmbeddingCache, load_task
+
+    task = load_task(task_type, path, path2, split=split, text_column=text_column, label_column=label_column)
+    _warn_problems(task.problems)
+    cache = EmbeddingCache(show_progress=not as_json)
+    results = [task.evaluate(_load(m, backend, device), dims=dims, precision=precision, cache=cache)
+               for m in models]
+    payload = [r.to_mteb() for r in results]
+    if output is not None:
+        output.write_text(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2) + "\n",
+                          encoding="utf-8")
+    if as_json:
+        print(json.dumps(payload[0] if len(payload) == 1 else payload))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    setting = f"{dims or 'full'} dims, {precision}"
+    table = Table(title=f"{task_type}: {task.name} ({task.split}, {task.n_examples} examples, {setting})")
+    table.add_column("model")
+    table.add_column("main score", justify="right")
+    for col in COLUMNS[task_type]:
+        table.add_column(col, justify="right")
+    table.add_column("time (s)", justify="right")
+    table.add_column("encoding", justify="right")
+    for r in results:
+        share = r.encode_time / r.evaluation_time if r.evaluation_time else 0.0
+        table.add_row(r.model_name, f"{r.main_score:.4f}", *(f"{r.scores[c]:.4f}" for c in COLUMNS[task_type]),
+                      f"{r.evaluation_time:.1f}", f"{share:.0%}")
+    Console().print(table)
+    if output is not None:
+        Console().print(f"wrote {output}")
+
+
+def _task_command(task_type: str) -> Callable[..., None]:
+    def command(
+        path: Annotated[Path, typer.Argument(help="dataset file or folder")],
+        path2: Annotated[Path | None, typer.Argument(help="second file (bitext target, classification test)")]
+        = None,
+        model: ModelsOpt = None,
+        backend: BackendOpt = "auto",
+        device: DeviceOpt = "auto",
+        split: Annotated[str | None, typer.Option(help="qrels split (retrieval), e.g. dev or test")] = None,
+        dims: Annotated[int | None, typer.Option(help="keep the first N dimensions (Matryoshka)")] = None,
+        precision: Annotated[str, typer.Option(help="float32 | float16 | int8 | binary")] = "float32",
+        text_column: Annotated[str | None, typer.Option(help="text column of labelled files")] = None,
+        label_column: Annotated[str | None, typer.Option(help="label column of labelled files")] = None,
+        as_json: JsonOpt = False,
+        output: OutputOpt = None,
+    ) -> None:
+        _run_task(task_type, path, path2, model or ["minilm"], backend, device, split, dims, precision,
+                  text_column, label_column, as_json, output)
+
+    return command
+
+
+for _name, _help in TASK_HELP.items():
+    eval_app.command(_name, help=_help)(_task_command(_name))
+
+
+@eval_app.command()
+def tradeoff(
+    path: Annotated[Path, typer.Argument(help="BEIR folder (retrieval) or STS file")],
+    model: Annotated[str, typer.Option("--model", "-m", help="alias or folder")] = "minilm",
+    backend: BackendOpt = "auto",
+    device: DeviceOpt = "auto",
+    split: Annotated[str | None, typer.Option(help="qrels split for a BEIR folder")] = None,
+    dims: Annotated[str, typer.Option(help="comma-separated cuts; 'full' for all dimensions")] = "64,128,256,full",
+    precisions: Annotated[str, typer.Option(help="comma-separated")] = "float32,float16,int8,binary,binary+rescore",
+    report: Annotated[Path, typer.Option(help="markdown table to write")] = Path("tradeoff.md"),
+    plot: Annotated[Path | None, typer.Option(help="PNG plot of quality vs storage")] = Path("tradeoff.png"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Quality at Matryoshka dims x precision, with bytes per vector, storage per 1M and search latency."""
+    from .errors import InvalidInputError
+    from .evaluation import RetrievalTask, STSTask
+    from .evaluation import tradeoff as tr
+
+    task: RetrievalTask | STSTask = RetrievalTask.from_beir(path, split=split) if path.is_dir() \
+        else STSTask.from_file(path)
+    _warn_problems(task.problems)
+    cuts: list[int | None] = []
+    for part in dims.split(","):
+        part = part.strip()
+        if part == "full":
+            cuts.append(None)
+        elif part.isdigit() and int(part) > 0:
+            cuts.append(int(part))
+        else:
+            raise InvalidInputError(f"--dims takes positive integers or 'full', got {part!r}")
+    enc = _load(model, backend, device)
+    rows = tr.tradeoff(enc, task, dims=cuts, precisions=[p.strip() for p in precisions.split(",")],
+                       show_progress=not as_json)
+    metric = "nDCG@10" if isinstance(task, RetrievalTask) else "Spearman (cosine)"
+    n_docs = len(task.corpus) if isinstance(task, RetrievalTask) else len(set(task.sentences1 + task.sentences2))
+    title = f"{enc.name} on {task.name}"
+    md = tr.to_markdown(rows, title=title, metric=metric, n_docs=n_docs)
+    report.write_text(md, encoding="utf-8")
+    if plot is not None:
+        tr.plot(rows, plot, title=title, metric=metric)
+    if as_json:
+        print(json.dumps({"model": enc.name, "task": task.name, "metric": metric, "rows": tr.rows_to_dicts(rows)}))
+        return
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    console = Console()
+    console.print(Markdown(md))
+    console.print(f"wrote {report}" + (f" and {plot}" if plot is not None else ""))
+
+
+@eval_app.command()
+def pipeline(
+    collection: Annotated[str, typer.Option("--collection", "-c", help="collection name")],
+    queries: Annotated[Path, typer.Option(help="BEIR queries.jsonl or id<TAB>text lines")],
+    qrels: Annotated[Path, typer.Option(help="BEIR qrels TSV or TREC qrels")],
+    store: Annotated[str | None, typer.Option("--store", help="store folder (default: $EMBEDSMITH_HOME)")] = None,
+    k: Annotated[int, typer.Option("-k", help="cut-off for ANN recall against exact search")] = 10,
+    modes: Annotated[str, typer.Option(help="comma-separated: dense,bm25,hybrid")] = "dense,bm25,hybrid",
+    rerank: Annotated[Path | None, typer.Option(help="cross-encoder folder: adds a reranked mode")] = None,
+    candidates: Annotated[int, typer.Option(help="first-stage candidates for reranking")] = 100,
+    id_field: Annotated[str, typer.Option(help="metadata field naming a record's document")] = "doc_id",
+    limit: Annotated[int | None, typer.Option(help="evaluate only the first N judged queries")] = None,
+    as_json: JsonOpt = False,
+    output: Annotated[Path | None, typer.Option(help="write the report as JSON")] = None,
+) -> None:
+    """Evaluate a deployed collection as it is: ANN recall against exact search, and each search mode."""
+    from .evaluation.pipeline import evaluate_pipeline
+    from .store import open_collection
+
+    reranker = None
+    if rerank is not None:
+        from .rerankers import Reranker
+
+        reranker = Reranker(rerank)
+    with open_collection(collection, store=store, create=False) as c:
+        rep = evaluate_pipeline(c, queries, qrels, k=k, modes=[m.strip() for m in modes.split(",")],
+                                reranker=reranker, candidates=candidates, id_field=id_field, limit=limit,
+                                show_progress=not as_json)
+    data = rep.to_dict()
+    if output is not None:
+        output.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    if as_json:
+        print(json.dumps(data))
+        return
+    _warn_problems(rep.problems)
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{collection}: {rep.n_queries} queries; ANN recall@{k} vs exact = {rep.ann_recall:.4f}")
+    for col in ("mode", "nDCG@10", "recall@100", "MRR@10", "p50 latency (ms)"):
+        table.add_column(col, justify="right" if col != "mode" else "left")
+    for mode, s in rep.modes.items():
+        if "error" in s:
+            table.add_row(mode, "-", "-", "-", s["error"])
+        else:
+            table.add_row(mode, f"{s['ndcg_at_10']:.4f}", f"{s['recall_at_100']:.4f}", f"{s['mrr_at_10']:.4f}",
+                          f"{s['latency_p50_ms']:.1f}")
+    Console().print(table)

@@ -1,0 +1,136 @@
+"""Evaluate a deployed collection as it is: its ANN index against exact search, and every search mode.
+
+Hits are records (often chunks); a hit counts for the document named by its metadata field ``id_field``
+(``doc_id``, which :func:`embedsmith.index_paths` writes) or, without it, for its record id. Each
+document counts once, at its best chunk's rank.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..errors import EmbedsmithError, InvalidInputError
+from ..types import Hits
+from .metrics import retrieval_scores
+from .tasks import read_qrels, read_queries
+
+MODES = ("dense", "bm25", "hybrid")
+
+
+@dataclass
+class PipelineReport:
+    """``ann_recall``: mean share of exact search's top k that the ANN index also returned.
+    ``modes``: mode -> scores (``ndcg_at_10``, ``recall_at_100``, ``mrr_at_10``, ``latency_p50_ms``), or
+    ``{"error": message}`` when a mode cannot run (e.g. bm25 on a collection without texts)."""
+
+    collection: str
+    n_queries: int
+    k: int
+    ann_recall: float
+    modes: dict[str, dict[str, Any]]
+    problems: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"collection": self.collection, "n_queries": self.n_queries, "k": self.k,
+                f"ann_recall_at_{self.k}": self.ann_recall, "modes": self.modes, "problems": self.problems}
+
+
+def _doc_ids(hits: Hits, id_field: str | None) -> list[str]:
+    out: dict[str, None] = {}
+    for rid, meta in zip(hits.ids, hits.metadata, strict=True):
+        doc = meta.get(id_field) if id_field else None
+        out.setdefault(str(doc) if doc is not None else rid, None)
+    return list(out)
+
+
+def evaluate_pipeline(
+    collection: Any,
+    queries: str | Path | dict[str, str],
+    qrels: str | Path | dict[str, dict[str, int]],
+    *,
+    k: int = 10,
+    modes: Sequence[str] = MODES,
+    reranker: Any = None,
+    candidates: int = 100,
+    depth: int = 100,
+    id_field: str | None = "doc_id",
+    limit: int | None = None,
+    show_progress: bool = False,
+) -> PipelineReport:
+    """Run every judged query through the collection in each mode and score the rankings.
+
+    Args:
+        collection: an open :class:`~embedsmith.Collection`.
+        queries: query id -> text, or a BEIR ``queries.jsonl`` / ``id<TAB>text`` file.
+        qrels: query id -> {document id: grade}, or a BEIR/TREC qrels file.
+        k: cut-off of the ANN-vs-exact recall.
+        modes: search modes to compare; with ``reranker``, ``rerank`` (hybrid candidates, reranked) is added.
+        candidates: first-stage hits handed to the reranker.
+        depth: records fetched per query and mode (documents are scored at 10 and 100).
+        id_field: metadata field naming a record's document; None scores record ids.
+        limit: evaluate only the first ``limit`` judged queries.
+    """
+    problems: Counter[str] = Counter()
+    qmap = dict(queries) if isinstance(queries, dict) else read_queries(queries, problems)
+    if isinstance(qrels, dict):
+        judged = {q: dict(r) for q, r in qrels.items()}
+    else:
+        judged = {}
+        for qid, did, grade in read_qrels(Path(qrels), problems):
+            judged.setdefault(qid, {})[did] = grade
+    known_docs = ({str(v[0]) for v in collection.distinct(id_field) if v[0] is not None} if id_field else set())
+    if not known_docs:  # no record names a document: score record ids
+        id_field = None
+        known_docs = {r["id"] for batch in collection.iter_records() for r in batch}
+    for qid in list(judged):
+        if qid not in qmap:
+            problems["qrels_unknown_query"] += 1
+            del judged[qid]
+            continue
+        missing = [d for d in judged[qid] if d not in known_docs]
+        if missing:
+            problems["qrels_unknown_doc"] += len(missing)
+        if not any(g > 0 for d, g in judged[qid].items() if d in known_docs):
+            problems["queries_without_relevant_doc"] += 1
+            del judged[qid]
+    qids = list(judged)[:limit]
+    if not qids:
+        raise InvalidInputError("no judged query has a relevant document in this collection")
+    judged = {q: judged[q] for q in qids}
+
+    overlap = []
+    for qid in tqdm(qids, desc="ann vs exact", disable=not show_progress):
+        ann = collection.search(qmap[qid], k=k, mode="dense").ids
+        exact = collection.search(qmap[qid], k=k, mode="dense", exact=True).ids
+        overlap.append(len(set(ann) & set(exact)) / max(len(exact), 1))
+
+    all_modes = list(modes) + (["rerank"] if reranker is not None else [])
+    report: dict[str, dict[str, Any]] = {}
+    for mode in all_modes:
+        run: dict[str, list[str]] = {}
+        times = []
+        try:
+            for qid in tqdm(qids, desc=mode, disable=not show_progress):
+                start = time.perf_counter()
+                if mode == "rerank":
+                    hits = collection.search(qmap[qid], k=depth, mode="hybrid", rerank=reranker,
+                                             candidates=max(candidates, depth))
+                else:
+                    hits = collection.search(qmap[qid], k=depth, mode=mode)
+                times.append(time.perf_counter() - start)
+                run[qid] = _doc_ids(hits, id_field)
+        except EmbedsmithError as exc:
+            report[mode] = {"error": str(exc)}
+            continue
+        scores = retrieval_scores(judged, run, (10, 100))
+        report[mode] = {"ndcg_at_10": scores["ndcg_at_10"], "recall_at_100": scores["recall_at_100"],
+                        "mrr_at_10": scores["mrr_at_10"], "latency_p50_ms": float(np.median(times) * 1000)}
+    return PipelineReport(collection.name, len(qids), k, float(np.mean(overlap)), report, dict(problems))
