@@ -360,8 +360,12 @@ def quickstart(
                    alpha=None, rerank=None, candidates=None, group_by="doc_id", exact=False, ef=None, as_json=False)
 
 
-from .cli_eval import eval_app  # noqa: E402  (registered after the commands above)
+from .cli_analysis import analogy, classify, cluster  # noqa: E402  (registered after the commands above)
+from .cli_eval import eval_app  # noqa: E402
 
+app.command()(cluster)
+app.command()(classify)
+app.command()(analogy)
 app.add_typer(eval_app, name="eval")
 
 

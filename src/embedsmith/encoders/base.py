@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidInputError
+from ..modality import warn_if_mismatched
 from ..quantization import Int8Calibration, l2_normalize, quantize, truncate_dims
 from ..types import Kind, Precision, parse_enum
 
@@ -108,6 +109,8 @@ class BaseEncoder:
     prompts: dict[str, str]
     # When True the model itself reads long texts in windows (nothing is cut); warnings say so.
     windows_long_texts: bool = False
+    #: Trained on English only: texts that look like another language get a ModalityWarning.
+    english_only: bool = False
     default_batch_size: int = 32
     #: The backend's ``tokenizers.Tokenizer`` (no padding or truncation) when it has one; chunking reads
     #: token offsets from it.
@@ -207,6 +210,8 @@ class BaseEncoder:
         out_dim = dims or self.dim
         if not items:
             return quantize(np.zeros((0, out_dim), np.float32), p)
+        seen = self.__dict__.setdefault("_modality_seen", set())
+        warn_if_mismatched(items, english_only=self.english_only, name=self.name, seen=seen)
         vectors = self._embed(items, k, batch_size or self.default_batch_size, show_progress)
         if dims is not None:
             vectors = truncate_dims(vectors, dims, normalize=normalize)

@@ -6,6 +6,7 @@ import importlib.metadata
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import tempfile
 import zipfile
@@ -193,13 +194,25 @@ def load_encoder(
     dev = resolve_device(device)
     if backend == "auto":
         backend = "onnx" if dev == "cpu" and _onnx_ready(folder) else "torch"
+    enc: BaseEncoder
     if backend == "torch":
         from .sentence_transformers import TorchEncoder
 
-        return TorchEncoder(folder, name=display, device=dev, threads=threads, prompts=prompts)
-    from .onnx import OnnxEncoder
+        enc = TorchEncoder(folder, name=display, device=dev, threads=threads, prompts=prompts)
+    else:
+        from .onnx import OnnxEncoder
 
-    return OnnxEncoder(
-        folder, name=display, quantize="int8" if backend == "onnx-int8" else None,
-        threads=threads, device=dev, prompts=prompts,
-    )
+        enc = OnnxEncoder(
+            folder, name=display, quantize="int8" if backend == "onnx-int8" else None,
+            threads=threads, device=dev, prompts=prompts,
+        )
+    enc.english_only = _english_only(info.alias if info is not None else folder.path.name)
+    return enc
+
+
+_ENGLISH_ONLY = re.compile(r"^(minilm|mpnet)$|all-minilm|all-mpnet|msmarco|(^|[-_])en($|[-_])", re.IGNORECASE)
+
+
+def _english_only(name: str) -> bool:
+    """Known English-only families, by alias or folder name (a guess that only ever adds a warning)."""
+    return bool(_ENGLISH_ONLY.search(name)) and "multilingual" not in name.lower()
