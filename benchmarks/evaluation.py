@@ -8,8 +8,11 @@ Parts (``--parts``, comma-separated):
 - ``banking``: Banking77 classification (MTEB protocol, own 80/20 stratified split) and clustering.
 - ``bitext``: Tatoeba deu/fra/spa -> eng for minilm, e5-small-multilingual and use-multilingual.
 - ``tradeoff``: the dims x precision table on Cranfield dev (markdown printed).
+- ``xsts``: cross-lingual STS: STSb dev English sentence1 against German sentence2 of the same rows.
+- ``cluster``: clustering all 10,003 Banking77 texts (encode + k-means k=77 + describe), with the share
+  spent encoding, beside the hand-made peer (sentence-transformers encode + scikit-learn KMeans).
 
-    python benchmarks/evaluation.py --parts sts,retrieval,banking,bitext,tradeoff
+    python benchmarks/evaluation.py --parts sts,retrieval,banking,bitext,tradeoff,xsts,cluster
 """
 
 from __future__ import annotations
@@ -118,11 +121,58 @@ def tradeoff() -> None:
     print(to_markdown(rows, title="minilm on Cranfield dev", metric="nDCG@10", n_docs=len(task.corpus)))
 
 
+def xsts() -> None:
+    from embedsmith import load_encoder
+    from embedsmith.evaluation import STSTask
+
+    en = STSTask.from_file(DATA / "stsb" / "stsb-en-dev.csv")
+    de = STSTask.from_file(DATA / "stsb" / "stsb-de-dev.csv")
+    print("| model | en-en Spearman | en-de Spearman (sentence1 en, sentence2 de) |")
+    print("|---|---:|---:|")
+    for alias in ("minilm", "mpnet", "e5-small-multilingual", "use-multilingual"):
+        enc = load_encoder(alias)
+        cross = STSTask("stsb-en-de-dev", en.sentences1, de.sentences2, en.scores, "dev")
+        print(f"| {alias} | {en.evaluate(enc).main_score:.4f} | {cross.evaluate(enc).main_score:.4f} |")
+
+
+def cluster() -> None:
+    import warnings
+
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import v_measure_score
+
+    from embedsmith import load_encoder
+    from embedsmith.analysis import cluster_texts
+    from embedsmith.evaluation.tasks import read_labelled
+
+    texts, labels = read_labelled(DATA / "banking77" / "train.csv")
+    enc = load_encoder("minilm", backend="onnx")
+    enc.encode(["warm up"])
+    start = time.perf_counter()
+    vectors = enc.encode(texts, kind="document")
+    encoded = time.perf_counter() - start
+    result = cluster_texts(texts, vectors=vectors, k=77)
+    ours = time.perf_counter() - start
+    torch_enc = load_encoder("minilm", backend="torch", device="cpu")
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peer_vectors = torch_enc.model.encode(texts, batch_size=32)
+    peer_labels = KMeans(n_clusters=77, n_init="auto", random_state=42).fit_predict(peer_vectors)
+    peer = time.perf_counter() - start
+    print("| texts | ours: encode + cluster + describe (s) | encoding share | peer: ST encode + KMeans (s) | "
+          "speed vs peer | V-measure ours | V-measure peer |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"| {len(texts)} | {ours:.1f} | {encoded / ours:.1%} | {peer:.1f} | {peer / ours:.2f}x | "
+          f"{v_measure_score(labels, result.labels):.4f} | {v_measure_score(labels, peer_labels):.4f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--parts", default="sts,retrieval,banking,bitext,tradeoff")
+    ap.add_argument("--parts", default="sts,retrieval,banking,bitext,tradeoff,xsts,cluster")
     args = ap.parse_args()
-    parts = {"sts": sts, "retrieval": retrieval, "banking": banking, "bitext": bitext, "tradeoff": tradeoff}
+    parts = {"sts": sts, "retrieval": retrieval, "banking": banking, "bitext": bitext, "tradeoff": tradeoff,
+             "xsts": xsts, "cluster": cluster}
     for name in args.parts.split(","):
         print(f"\n## {name}\n")
         parts[name.strip()]()
