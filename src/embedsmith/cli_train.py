@@ -1,0 +1,132 @@
+"""``embedsmith finetune`` and ``finetune-reranker``: registered on the main app by :mod:`embedsmith.cli`."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+TrainOpt = Annotated[list[Path], typer.Option("--train", help="training data (repeat to combine): BEIR folder, "
+                                                                "JSONL pairs or titled corpus, CSV pairs or labels")]
+OutputOpt = Annotated[Path, typer.Option(help="folder for the trained model")]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="alias (minilm, mpnet) or model folder")]
+
+
+def _gather(train: list[Path], split: str, inverse_cloze: bool, synthetic: str | None) -> tuple[Any, list[str]]:
+    """Combine every training source; return the data and a corpus for mining (BEIR corpora, passages)."""
+    from .training.data import TrainingData, load_training_data, read_beir, read_titled_corpus
+    from .training.data import inverse_cloze as ict
+
+    data = TrainingData()
+    corpus: list[str] = []
+    for path in train:
+        if path.is_dir():
+            pairs, docs, _ = read_beir(path, split=split)
+            corpus += list(docs.values())
+        else:
+            pairs = load_training_data(path, split=split)
+            if path.suffix == ".jsonl" and pairs.source.endswith("(title -> text)"):
+                corpus += read_titled_corpus(path).positives
+        data.extend(pairs)
+    passages = list(dict.fromkeys(corpus or data.positives))
+    if inverse_cloze:
+        data.extend(ict(passages))
+    if synthetic:
+        from .training.synthetic import synthetic_queries
+
+        data.extend(synthetic_queries(passages, synthetic, api_key=os.environ.get("OPENAI_API_KEY")))
+    return data, corpus
+
+
+def _eval_task(path: Path | None, split: str) -> Any:
+    if path is None:
+        return None
+    from .evaluation import RetrievalTask, STSTask
+
+    return RetrievalTask.from_beir(path, split=split) if path.is_dir() else STSTask.from_file(path)
+
+
+def _print(report: Any, as_json: bool) -> None:
+    from dataclasses import asdict
+
+    if as_json:
+        print(json.dumps(asdict(report)))
+        return
+    from rich.console import Console
+
+    console = Console()
+    console.print(f"trained {report.base_model} -> {report.output}: {report.loss}, {report.examples} examples, "
+                  f"{report.steps} steps in {report.seconds:.0f} s", highlight=False)
+    for k, v in report.before.items():
+        console.print(f"  {k}: {v:.4f} -> {report.after.get(k, float('nan')):.4f}", highlight=False)
+
+
+def finetune(
+    train: TrainOpt,
+    output: OutputOpt,
+    model: ModelOpt = "minilm",
+    loss: Annotated[str, typer.Option(help="mnrl | cached-mnrl | infonce | triplet | cosent | contrastive")] = "mnrl",
+    matryoshka: Annotated[str | None, typer.Option(help="dims to train for truncation, e.g. 384,256,128,64")]
+    = None,
+    hard_negatives: Annotated[str, typer.Option(help="none | bm25 | dense")] = "none",
+    negatives_per_query: Annotated[int, typer.Option(help="mined negatives per example")] = 5,
+    inverse_cloze: Annotated[bool, typer.Option(help="add pseudo-queries cut from the passages (no LLM)")] = False,
+    synthetic_queries: Annotated[str | None, typer.Option(help="openai-chat:MODEL@URL: an LLM writes a query "
+                                                                 "per passage ($OPENAI_API_KEY)")] = None,
+    split: Annotated[str, typer.Option(help="qrels split of BEIR training folders")] = "train",
+    epochs: Annotated[float, typer.Option(help="passes over the data")] = 1.0,
+    batch_size: Annotated[int, typer.Option(help="examples per step (in-batch negatives for mnrl)")] = 32,
+    lr: Annotated[float, typer.Option(help="learning rate")] = 2e-5,
+    max_steps: Annotated[int | None, typer.Option(help="stop after N steps")] = None,
+    seed: Annotated[int, typer.Option(help="random seed")] = 42,
+    eval_data: Annotated[Path | None, typer.Option("--eval", help="BEIR folder or STS file, scored before/after")]
+    = None,
+    eval_split: Annotated[str, typer.Option(help="qrels split of a BEIR --eval folder")] = "dev",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Fine-tune a bi-encoder (sentence-transformers trainer), with mined hard negatives and evaluation."""
+    from .errors import InvalidInputError
+    from .training import finetune as run
+
+    dims = None
+    if matryoshka:
+        try:
+            dims = [int(x) for x in matryoshka.split(",")]
+        except ValueError:
+            raise InvalidInputError(f"--matryoshka takes comma-separated integers, got {matryoshka!r}") from None
+    data, corpus = _gather(train, split, inverse_cloze, synthetic_queries)
+    report = run(model, data, output, loss=loss, matryoshka=dims, hard_negatives=hard_negatives,
+                 negatives_per_query=negatives_per_query, corpus=corpus, epochs=epochs, batch_size=batch_size,
+                 lr=lr, seed=seed, max_steps=max_steps, eval_task=_eval_task(eval_data, eval_split), device=device,
+                 show_progress=not as_json)
+    _print(report, as_json)
+
+
+def finetune_reranker(
+    train: TrainOpt,
+    output: OutputOpt,
+    model: ModelOpt = "minilm",
+    hard_negatives: Annotated[str, typer.Option(help="bm25 | dense")] = "bm25",
+    negatives_per_query: Annotated[int, typer.Option(help="mined negatives per example")] = 5,
+    inverse_cloze: Annotated[bool, typer.Option(help="add pseudo-queries cut from the passages (no LLM)")] = False,
+    split: Annotated[str, typer.Option(help="qrels split of BEIR training folders")] = "train",
+    epochs: Annotated[float, typer.Option(help="passes over the data")] = 1.0,
+    batch_size: Annotated[int, typer.Option(help="pairs per step")] = 16,
+    lr: Annotated[float, typer.Option(help="learning rate")] = 2e-5,
+    max_steps: Annotated[int | None, typer.Option(help="stop after N steps")] = None,
+    seed: Annotated[int, typer.Option(help="random seed")] = 42,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Train a cross-encoder reranker on positives and mined negatives (usable with --rerank)."""
+    from .training import finetune_reranker as run
+
+    data, corpus = _gather(train, split, inverse_cloze, None)
+    report = run(model, data, output, hard_negatives=hard_negatives, negatives_per_query=negatives_per_query,
+                 corpus=corpus, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, max_steps=max_steps,
+                 device=device, show_progress=not as_json)
+    _print(report, as_json)

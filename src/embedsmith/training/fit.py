@@ -1,0 +1,346 @@
+"""Fine-tuning on top of sentence-transformers' trainers (we never re-implement the training loop).
+
+:func:`finetune` trains a bi-encoder, :func:`finetune_reranker` a cross-encoder; both mine hard negatives
+when asked, evaluate before and after when given a task, and write a normal sentence-transformers folder
+with a model card recording data, loss, hyperparameters and the evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import InvalidInputError, require
+from .data import TrainingData
+from .mining import mine_hard_negatives
+
+LOSSES = ("mnrl", "cached-mnrl", "infonce", "triplet", "cosent", "contrastive")
+
+
+@dataclass
+class FinetuneReport:
+    """What a fine-tune did: the output folder, steps, seconds, and scores before and after."""
+
+    output: str
+    base_model: str
+    loss: str
+    examples: int
+    steps: int
+    seconds: float
+    hyperparameters: dict[str, Any]
+    data: str
+    before: dict[str, float] = field(default_factory=dict)
+    after: dict[str, float] = field(default_factory=dict)
+
+
+def model_folder(model: str) -> Path:
+    """The local folder of an alias (minilm, mpnet) or a path; the multilingual engines cannot be trained."""
+    from ..encoders.registry import MODELS
+
+    info = MODELS.get(model.lower())
+    if info is not None:
+        if info.folder is None:
+            raise InvalidInputError(f"{model} runs on a fixed inference engine and cannot be fine-tuned; "
+                                    "fine-tune a sentence-transformers folder (minilm, mpnet or your own)")
+        return Path(info.folder())
+    p = Path(model).expanduser()
+    if not (p / "config.json").is_file():
+        raise InvalidInputError(f"model {model!r} is neither an alias nor a sentence-transformers folder")
+    return p
+
+
+def add_hard_negatives(data: TrainingData, *, method: str, per_query: int, corpus: Sequence[str] = (),
+                       encoder: Any = None, skip_top: int = 0, seed: int = 42) -> TrainingData:
+    """Mine ``per_query`` negatives for every anchor from its positives plus ``corpus``; rows that get
+    fewer are topped up with random documents (never a positive of that anchor)."""
+    docs = list(dict.fromkeys([*corpus, *data.positives]))
+    index = {d: i for i, d in enumerate(docs)}
+    groups: dict[str, set[int]] = {}
+    for a, p in zip(data.anchors, data.positives, strict=True):
+        groups.setdefault(a, set()).add(index[p])
+    anchors = list(groups)
+    mined = mine_hard_negatives(anchors, docs, [sorted(groups[a]) for a in anchors], method=method,
+                                k=per_query, skip_top=skip_top, encoder=encoder)
+    by_anchor = dict(zip(anchors, mined, strict=True))
+    rng = random.Random(seed)
+    out = TrainingData(source=f"{data.source} + {method} negatives")
+    for a, p in zip(data.anchors, data.positives, strict=True):
+        negs = [docs[i] for i in by_anchor[a]]
+        while len(negs) < per_query and len(docs) > len(groups[a]) + len(negs):
+            cand = rng.randrange(len(docs))
+            if cand not in groups[a] and docs[cand] not in negs:
+                negs.append(docs[cand])
+        out.add(a, p, negs[:per_query])
+    return out
+
+
+def _dataset(data: TrainingData, loss: str) -> Any:
+    from datasets import Dataset
+
+    if loss == "cosent":
+        if data.scores is None:
+            raise InvalidInputError("cosent needs scored pairs (sentence1,sentence2,score)")
+        return Dataset.from_dict({"sentence1": data.anchors, "sentence2": data.positives, "score": data.scores})
+    if loss == "contrastive":
+        s1, s2, lab = [], [], []
+        for i, (a, p) in enumerate(zip(data.anchors, data.positives, strict=True)):
+            s1.append(a)
+            s2.append(p)
+            lab.append(float(data.scores[i] >= 0.5) if data.scores is not None else 1.0)
+            for n in data.negatives[i]:
+                s1.append(a)
+                s2.append(n)
+                lab.append(0.0)
+        if len(set(lab)) < 2:
+            raise InvalidInputError("contrastive loss needs negative pairs: use --hard-negatives or scored pairs")
+        return Dataset.from_dict({"sentence1": s1, "sentence2": s2, "label": lab})
+    if data.scores is not None:
+        raise InvalidInputError(f"{loss} needs anchor/positive pairs; scored pairs train with cosent or contrastive")
+    cols: dict[str, list[str]] = {"anchor": data.anchors, "positive": data.positives}
+    n_neg = min((len(n) for n in data.negatives), default=0)
+    if loss == "triplet":
+        if n_neg == 0:
+            raise InvalidInputError("triplet loss needs a negative per example: use --hard-negatives bm25|dense")
+        n_neg = 1
+    for j in range(n_neg):
+        cols[f"negative_{j + 1}"] = [n[j] for n in data.negatives]
+    return Dataset.from_dict(cols)
+
+
+def _loss(model: Any, loss: str, matryoshka: Sequence[int] | None, temperature: float) -> Any:
+    from sentence_transformers.sentence_transformer import losses
+
+    inner = {
+        "mnrl": lambda: losses.MultipleNegativesRankingLoss(model),
+        "infonce": lambda: losses.MultipleNegativesRankingLoss(model, scale=1.0 / temperature),
+        "cached-mnrl": lambda: losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=16),
+        "triplet": lambda: losses.TripletLoss(model),
+        "cosent": lambda: losses.CoSENTLoss(model),
+        "contrastive": lambda: losses.ContrastiveLoss(model),
+    }[loss]()
+    if matryoshka:
+        return losses.MatryoshkaLoss(model, inner, matryoshka_dims=list(matryoshka))
+    return inner
+
+
+def _evaluate(folder: str | Path, task: Any, device: str, dims: Sequence[int] = ()) -> dict[str, float]:
+    from ..encoders import load_encoder
+
+    enc = load_encoder(str(folder), backend="torch", device=device)
+    out = {"main_score": task.evaluate(enc).main_score}
+    for d in dims:
+        if d < enc.dim:
+            out[f"main_score@{d}"] = task.evaluate(enc, dims=d).main_score
+    return out
+
+
+def _write_card(output: Path, report: FinetuneReport) -> None:
+    lines = [
+        "# Fine-tuned with embedsmith",
+        "",
+        f"- base model: `{report.base_model}`",
+        f"- data: {report.data} ({report.examples} examples)",
+        f"- loss: `{report.loss}`",
+        f"- steps: {report.steps}, training time {report.seconds:.0f} s",
+        "- hyperparameters: " + ", ".join(f"{k}={v}" for k, v in report.hyperparameters.items()),
+    ]
+    if report.before or report.after:
+        lines += ["", "| metric | before | after |", "|---|---:|---:|"]
+        for k in report.before:
+            lines.append(f"| {k} | {report.before[k]:.4f} | {report.after.get(k, float('nan')):.4f} |")
+    card = output / "README.md"
+    previous = card.read_text(encoding="utf-8") if card.is_file() else ""
+    card.write_text("\n".join(lines) + "\n\n" + previous, encoding="utf-8")
+    (output / "embedsmith_training.json").write_text(json.dumps(asdict(report), indent=2) + "\n", encoding="utf-8")
+
+
+def _quiet(trainer: Any, show_progress: bool) -> Any:
+    """Library calls stay quiet: no per-step log lines unless progress is wanted."""
+    if not show_progress:
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def _args(cls: Any, output: Path, *, epochs: float, batch_size: int, lr: float, seed: int, max_steps: int | None,
+          show_progress: bool, device: str, **extra: Any) -> Any:
+    return cls(
+        output_dir=str(output / "checkpoints"), num_train_epochs=epochs, per_device_train_batch_size=batch_size,
+        learning_rate=lr, warmup_steps=0.1, seed=seed, data_seed=seed, save_strategy="epoch", save_total_limit=1,
+        logging_steps=50, report_to="none", disable_tqdm=not show_progress, max_steps=max_steps or -1,
+        use_cpu=device == "cpu", dataloader_num_workers=0, **extra)
+
+
+def finetune(
+    model: str,
+    data: TrainingData,
+    output: str | Path,
+    *,
+    loss: str = "mnrl",
+    matryoshka: Sequence[int] | None = None,
+    hard_negatives: str = "none",
+    negatives_per_query: int = 5,
+    corpus: Sequence[str] = (),
+    epochs: float = 1.0,
+    batch_size: int = 32,
+    lr: float = 2e-5,
+    temperature: float = 0.05,
+    seed: int = 42,
+    max_steps: int | None = None,
+    eval_task: Any = None,
+    device: str = "auto",
+    show_progress: bool = False,
+) -> FinetuneReport:
+    """Fine-tune a bi-encoder and save it to ``output`` (a normal sentence-transformers folder).
+
+    Args:
+        model: alias (minilm, mpnet) or sentence-transformers folder.
+        data: training pairs (see :func:`~embedsmith.training.load_training_data`).
+        loss: mnrl (multiple negatives ranking: InfoNCE with in-batch negatives, the usual choice),
+            cached-mnrl (the same with gradient caching, for large batches), infonce (mnrl with an explicit
+            ``temperature``), triplet (needs negatives), cosent (scored pairs), contrastive.
+        matryoshka: dimensions to train for truncation, e.g. (384, 256, 128, 64).
+        hard_negatives: none | bm25 | dense (the base model) mined from the positives plus ``corpus``.
+        max_steps: stop after this many optimiser steps (overrides ``epochs``).
+        eval_task: an :mod:`embedsmith.evaluation` task scored before and after (with ``matryoshka``, also at
+            each of its dimensions).
+    """
+    require("sentence_transformers", extra="torch", what="fine-tuning")
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.sampler import BatchSamplers
+    from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
+    from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
+
+    from ..encoders.registry import resolve_device
+
+    if loss not in LOSSES:
+        raise InvalidInputError(f"unknown loss {loss!r}; expected one of {', '.join(LOSSES)}")
+    if hard_negatives not in ("none", "bm25", "dense"):
+        raise InvalidInputError(f"--hard-negatives must be none, bm25 or dense, got {hard_negatives!r}")
+    if not len(data):
+        raise InvalidInputError("no training examples")
+    folder = model_folder(model)
+    out = Path(output)
+    dev = resolve_device(device)
+    dims = sorted(set(matryoshka or ()), reverse=True)
+    before = _evaluate(folder, eval_task, dev, dims) if eval_task is not None else {}
+    if hard_negatives != "none":
+        if data.scores is not None:
+            raise InvalidInputError("hard negatives are mined for anchor/positive pairs, not scored pairs")
+        encoder = None
+        if hard_negatives == "dense":
+            from ..encoders import load_encoder
+
+            encoder = load_encoder(str(folder), backend="torch", device=dev)
+        data = add_hard_negatives(data, method=hard_negatives, per_query=negatives_per_query, corpus=corpus,
+                                  encoder=encoder, seed=seed)
+    torch.manual_seed(seed)
+    random.seed(seed)
+    st = SentenceTransformer(str(folder), device=dev, local_files_only=True)
+    dataset = _dataset(data, loss)
+    in_batch = loss in ("mnrl", "cached-mnrl", "infonce")
+    args = _args(SentenceTransformerTrainingArguments, out, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                 max_steps=max_steps, show_progress=show_progress, device=dev,
+                 batch_sampler=BatchSamplers.NO_DUPLICATES if in_batch else BatchSamplers.BATCH_SAMPLER)
+    trainer = _quiet(SentenceTransformerTrainer(model=st, args=args, train_dataset=dataset,
+                                                loss=_loss(st, loss, dims, temperature)), show_progress)
+    start = time.perf_counter()
+    state = trainer.train()
+    seconds = time.perf_counter() - start
+    st.save(str(out))
+    after = _evaluate(out, eval_task, dev, dims) if eval_task is not None else {}
+    report = FinetuneReport(
+        output=str(out), base_model=str(model), loss=loss + (f" + matryoshka {dims}" if dims else ""),
+        examples=len(dataset), steps=int(state.global_step), seconds=seconds,
+        hyperparameters={"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
+                         "hard_negatives": hard_negatives, "negatives_per_query": negatives_per_query,
+                         "max_steps": max_steps, "device": dev},
+        data=data.source, before=before, after=after)
+    _write_card(out, report)
+    return report
+
+
+def finetune_reranker(
+    model: str,
+    data: TrainingData,
+    output: str | Path,
+    *,
+    hard_negatives: str = "bm25",
+    negatives_per_query: int = 5,
+    corpus: Sequence[str] = (),
+    epochs: float = 1.0,
+    batch_size: int = 16,
+    lr: float = 2e-5,
+    max_length: int = 256,
+    seed: int = 42,
+    max_steps: int | None = None,
+    device: str = "auto",
+    show_progress: bool = False,
+) -> FinetuneReport:
+    """Train a cross-encoder (one relevance logit, binary cross-entropy) on positives and mined negatives.
+
+    The result loads with :class:`embedsmith.Reranker` and sentence-transformers' ``CrossEncoder``.
+    """
+    require("sentence_transformers", extra="torch", what="fine-tuning")
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import CrossEncoder
+    from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
+    from sentence_transformers.cross_encoder.trainer import CrossEncoderTrainer
+    from sentence_transformers.cross_encoder.training_args import CrossEncoderTrainingArguments
+
+    from ..encoders.registry import resolve_device
+
+    if data.scores is not None:
+        raise InvalidInputError("a reranker trains on query/positive pairs, not scored pairs")
+    if hard_negatives not in ("bm25", "dense"):
+        raise InvalidInputError(f"a reranker needs negatives: --hard-negatives bm25 or dense, got {hard_negatives!r}")
+    if not len(data):
+        raise InvalidInputError("no training examples")
+    folder = model_folder(model)
+    dev = resolve_device(device)
+    encoder = None
+    if hard_negatives == "dense":
+        from ..encoders import load_encoder
+
+        encoder = load_encoder(str(folder), backend="torch", device=dev)
+    mined = add_hard_negatives(data, method=hard_negatives, per_query=negatives_per_query, corpus=corpus,
+                               encoder=encoder, seed=seed)
+    q, p, y = [], [], []
+    for a, pos, negs in zip(mined.anchors, mined.positives, mined.negatives, strict=True):
+        q.append(a)
+        p.append(pos)
+        y.append(1.0)
+        for n in negs:
+            q.append(a)
+            p.append(n)
+            y.append(0.0)
+    torch.manual_seed(seed)
+    ce = CrossEncoder(str(folder), num_labels=1, device=dev, max_length=max_length, local_files_only=True)
+    out = Path(output)
+    args = _args(CrossEncoderTrainingArguments, out, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                 max_steps=max_steps, show_progress=show_progress, device=dev)
+    pos_weight = torch.tensor(float(negatives_per_query))
+    trainer = _quiet(CrossEncoderTrainer(model=ce, args=args,
+                                         train_dataset=Dataset.from_dict({"query": q, "passage": p, "label": y}),
+                                         loss=BinaryCrossEntropyLoss(ce, pos_weight=pos_weight)), show_progress)
+    start = time.perf_counter()
+    state = trainer.train()
+    seconds = time.perf_counter() - start
+    ce.save(str(out))
+    report = FinetuneReport(
+        output=str(out), base_model=str(model), loss="binary cross-entropy (cross-encoder)", examples=len(q),
+        steps=int(state.global_step), seconds=seconds,
+        hyperparameters={"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
+                         "hard_negatives": hard_negatives, "negatives_per_query": negatives_per_query,
+                         "max_length": max_length, "max_steps": max_steps, "device": dev},
+        data=mined.source)
+    _write_card(out, report)
+    return report

@@ -1,0 +1,175 @@
+"""Fine-tuning: data readers, hard-negative mining, tiny real training runs, synthetic queries."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import numpy as np
+import pytest
+
+from conftest import DATA
+from embedsmith import EmbedsmithError, InvalidInputError
+from embedsmith.training import (
+    TrainingData,
+    finetune,
+    finetune_reranker,
+    inverse_cloze,
+    load_training_data,
+    mine_hard_negatives,
+)
+from embedsmith.training.data import read_beir
+from embedsmith.training.synthetic import synthetic_queries
+from test_cli import run
+
+CRAN = DATA / "cranfield"
+
+
+def test_readers_and_line_numbered_errors(tmp_path):
+    f = tmp_path / "pairs.jsonl"
+    f.write_text('{"query": "q1", "positive": "p1", "negative": "n1"}\n\n{"anchor": "a2", "positive": "p2"}\n')
+    d = load_training_data(f)
+    assert d.anchors == ["q1", "a2"] and d.negatives == [["n1"], []]
+    f.write_text('{"query": "q1", "positive": "p1"}\n{"query": "q2"}\n')
+    with pytest.raises(InvalidInputError, match=r"pairs\.jsonl:2: the query has no 'positive'"):
+        load_training_data(f)
+    f.write_text('{"query": "q1", "positive": ""}\n')
+    with pytest.raises(InvalidInputError, match=r"pairs\.jsonl:1: field 'positive' is missing or empty"):
+        load_training_data(f)
+    f.write_text('{"query": "q1", "positive": "p"}\n{oops\n')
+    with pytest.raises(InvalidInputError, match=r"pairs\.jsonl:2: not JSON"):
+        load_training_data(f)
+    f.write_text("")
+    with pytest.raises(InvalidInputError, match="is empty"):
+        load_training_data(f)
+    csv = tmp_path / "sts.csv"
+    csv.write_text("a,b,5.0\nc,d,2.5\ne,f\n")
+    with pytest.raises(InvalidInputError, match=r"sts\.csv:3: expected sentence1,sentence2,score"):
+        load_training_data(csv)
+    csv.write_text("a,b,5.0\nc,d,2.5\n")
+    assert load_training_data(csv).scores == [1.0, 0.5]
+    labels = load_training_data(DATA / "banking77" / "train-20x40.csv")
+    assert len(labels) == 800 and labels.scores is None
+    titled = load_training_data(CRAN / "corpus.jsonl")
+    assert len(titled) == 300 and titled.anchors[0].startswith("experimental investigation")
+    ict = inverse_cloze(titled.positives[:50])
+    assert len(ict) > 40 and all(a not in p for a, p in zip(ict.anchors, ict.positives, strict=True))
+
+
+def test_beir_query_without_positive_is_an_error(tmp_path):
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "corpus.jsonl").write_text('{"_id": "d1", "text": "lift"}\n')
+    (tmp_path / "queries.jsonl").write_text('{"_id": "q1", "text": "wing"}\n{"_id": "q2", "text": "drag"}\n')
+    (tmp_path / "qrels" / "train.tsv").write_text("q1\td1\t1\nq2\td1\t0\n")
+    with pytest.raises(InvalidInputError, match="1 queries have no relevant document"):
+        read_beir(tmp_path, split="train")
+
+
+@pytest.mark.parametrize("method", ["bm25", "dense"])
+def test_mined_negatives_never_contain_a_positive(method, minilm_onnx):
+    data, corpus, _ = read_beir(CRAN, split="dev")
+    docs = list(corpus.values())
+    index = {d: i for i, d in enumerate(docs)}
+    groups: dict[str, list[int]] = {}
+    for a, p in zip(data.anchors, data.positives, strict=True):
+        groups.setdefault(a, []).append(index[p])
+    queries = list(groups)
+    negs = mine_hard_negatives(queries, docs, [groups[q] for q in queries], method=method, k=5,
+                               encoder=minilm_onnx if method == "dense" else None)
+    assert len(negs) == len(queries) and sum(map(len, negs)) >= 4 * len(queries)
+    for q, n in zip(queries, negs, strict=True):
+        assert not set(n) & set(groups[q]) and len(set(n)) == len(n)
+    with pytest.raises(InvalidInputError, match="has no positive"):
+        mine_hard_negatives(["q"], docs, [[]])
+
+
+def _weights(folder):
+    from safetensors.numpy import load_file
+
+    return load_file(str(next(folder.rglob("model.safetensors"))))
+
+
+@pytest.mark.slow
+def test_tiny_finetune_changes_weights_and_loads_everywhere(tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    from embedsmith import load_encoder
+    from embedsmith.encoders.registry import _minilm_folder
+    from embedsmith.evaluation import STSTask
+
+    sts = tmp_path / "sts.csv"
+    sts.write_text("\n".join((DATA / "stsb" / "stsb-en-dev.csv").read_text().splitlines()[:100]) + "\n")
+    titled = load_training_data(CRAN / "corpus.jsonl")
+    data = TrainingData(titled.anchors[:24], titled.positives[:24], titled.negatives[:24], source="cranfield titles")
+    out = tmp_path / "ft"
+    rep = finetune("minilm", data, out, max_steps=3, batch_size=8, hard_negatives="bm25", negatives_per_query=1,
+                   matryoshka=[384, 128], corpus=titled.positives, eval_task=STSTask.from_file(sts), device="cpu")
+    assert rep.steps == 3 and set(rep.before) == {"main_score", "main_score@128"} == set(rep.after)
+    before, after = _weights(_minilm_folder()), _weights(out)
+    changed = [k for k in after if k in before and not np.allclose(before[k], after[k])]
+    assert len(changed) > 10
+    card = (out / "README.md").read_text()
+    assert "Fine-tuned with embedsmith" in card and "mnrl + matryoshka [384, 128]" in card and "| main_score |" in card
+    v1 = load_encoder(str(out), backend="onnx").encode(["wing flutter"])
+    v2 = SentenceTransformer(str(out), device="cpu").encode(["wing flutter"], normalize_embeddings=True)
+    assert float(v1[0] @ v2[0]) > 0.9999
+
+
+@pytest.mark.slow
+def test_tiny_reranker_and_cli(tmp_path):
+    from embedsmith.rerankers import Reranker
+
+    titled = load_training_data(CRAN / "corpus.jsonl")
+    data = TrainingData(titled.anchors[:16], titled.positives[:16], titled.negatives[:16], source="titles")
+    rep = finetune_reranker("minilm", data, tmp_path / "ce", max_steps=2, batch_size=8, negatives_per_query=1,
+                            corpus=titled.positives, device="cpu")
+    assert rep.steps == 2 and rep.examples == 32
+    logits = Reranker(tmp_path / "ce").logits("wing flutter", ["flutter of wings", "heat in slabs"])
+    assert len(logits) == 2 and np.isfinite(logits).all()
+
+    res = json.loads(run("finetune", "--train", str(CRAN / "corpus.jsonl"), "--output", str(tmp_path / "cli"),
+                         "--max-steps", "2", "--batch-size", "8", "--inverse-cloze", "--device", "cpu",
+                         "--json").stdout)
+    assert res["steps"] == 2 and "inverse cloze" in res["data"]
+    bad = run("finetune", "--train", str(tmp_path / "nope.jsonl"), "--output", str(tmp_path / "x"), check=False)
+    assert bad.returncode == 1 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
+    bad = run("finetune", "--train", str(CRAN / "corpus.jsonl"), "--output", str(tmp_path / "x"), "--loss",
+              "triplet", check=False)
+    assert "triplet loss needs a negative" in bad.stderr
+
+
+class _FakeChat(BaseHTTPRequestHandler):
+    calls = 0
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).calls += 1
+        if type(self).calls == 1:  # one transient failure, retried
+            self.send_response(503)
+            self.end_headers()
+            return
+        passage = body["messages"][0]["content"].split("Passage:\n")[1]
+        reply = {"choices": [{"message": {"content": f'"what about {passage.split()[0]}?"'}}]}
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(json.dumps(reply).encode())
+
+    def log_message(self, *args):
+        pass
+
+
+def test_synthetic_queries_against_a_local_fake_server():
+    server = HTTPServer(("127.0.0.1", 0), _FakeChat)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/v1"
+        data = synthetic_queries(["flutter of wings", "heat in slabs"], f"openai-chat:tiny@{url}")
+        assert data.anchors == ["what about flutter?", "what about heat?"]
+        with pytest.raises(InvalidInputError, match="openai-chat:MODEL@BASE_URL"):
+            synthetic_queries(["x"], "chat:tiny")
+        with pytest.raises(EmbedsmithError, match="failed 2 times"):
+            synthetic_queries(["x"], "openai-chat:tiny@http://127.0.0.1:9", retries=2, timeout=1)
+    finally:
+        server.shutdown()
