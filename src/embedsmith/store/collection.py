@@ -172,6 +172,20 @@ def check_requested(settings: CollectionSettings, metric: Metric | None, precisi
             )
 
 
+def check_encoder(s: CollectionSettings, enc: Encoder) -> None:
+    """Refuse an encoder whose weights or dimension differ from what the collection was built with."""
+    if s.fingerprint and not fingerprints_compatible(s.fingerprint, enc.fingerprint):
+        raise SettingsMismatchError(
+            f"collection {s.name!r} was built with model {s.model!r} (fingerprint {s.fingerprint}); "
+            f"the encoder given is {enc.name!r} (fingerprint {enc.fingerprint}). Use the same model, or "
+            f"re-embed into a new collection: embedsmith reembed --collection {s.name} --to NEW --model M"
+        )
+    if enc.dim != s.dim:
+        raise SettingsMismatchError(
+            f"collection {s.name!r} stores dimension {s.dim}; encoder {enc.name!r} gives {enc.dim}"
+        )
+
+
 class Collection(abc.ABC):
     """A named, persistent set of (id, text, metadata, vector) records with exact and HNSW search.
 
@@ -222,17 +236,7 @@ class Collection(abc.ABC):
         return self._encoder
 
     def _check_encoder(self, enc: Encoder) -> None:
-        s = self.settings
-        if s.fingerprint and not fingerprints_compatible(s.fingerprint, enc.fingerprint):
-            raise SettingsMismatchError(
-                f"collection {s.name!r} was built with model {s.model!r} (fingerprint {s.fingerprint}); "
-                f"the encoder given is {enc.name!r} (fingerprint {enc.fingerprint}). Use the same model, or "
-                f"re-embed into a new collection: embedsmith reembed --collection {s.name} --to NEW --model M"
-            )
-        if enc.dim != s.dim:
-            raise SettingsMismatchError(
-                f"collection {s.name!r} stores dimension {s.dim}; encoder {enc.name!r} gives {enc.dim}"
-            )
+        check_encoder(self.settings, enc)
 
     # -- what a backend provides ------------------------------------------------------------------------
     @abc.abstractmethod
