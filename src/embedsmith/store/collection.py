@@ -810,6 +810,69 @@ def create_like(settings: CollectionSettings, store: str | os.PathLike[str] | No
     return create_sqlite_collection(root, settings)
 
 
+def migrate_collection(
+    name: str,
+    source: str | os.PathLike[str] | None,
+    target: str | os.PathLike[str] | None,
+    *,
+    target_name: str | None = None,
+    batch: int = 2000,
+    sample: int = 200,
+    show_progress: bool = False,
+) -> dict[str, Any]:
+    """Copy a collection to another store (e.g. SQLite -> PostgreSQL) without re-embedding.
+
+    The copy gets the same settings (model fingerprint, prompts, metric, precision, dims, HNSW parameters),
+    ids, texts, index texts, metadata and float32 vectors, in write order. Afterwards the counts are compared
+    and ``sample`` records, spread over the collection, are read back from both sides and compared (vectors
+    bit for bit). On any failure the half-made copy is deleted.
+
+    Returns:
+        ``{"name", "target_name", "count", "checked"}``.
+
+    Raises:
+        StoreError: the source is missing, the target already exists, or the copy does not match.
+    """
+    from ..errors import StoreError
+
+    dest = check_name(target_name or name)
+    batch = positive_int(batch, "batch")
+    with open_collection(name, store=source, create=False) as src:
+        settings = src.settings
+        if dest != name:
+            from dataclasses import replace
+
+            settings = replace(settings, name=dest)
+        dst = create_like(settings, target)
+        try:
+            with dst:
+                from tqdm.auto import tqdm
+
+                with tqdm(total=src.count(), desc=f"copying {name}", unit="rec", disable=not show_progress) as bar:
+                    for ids, texts, index_texts, metas, vectors in src._export(batch):
+                        dst._insert(ids, texts, metas, vectors, replace=False, index_texts=index_texts)
+                        bar.update(len(ids))
+                n_src, n_dst = src.count(), dst.count()
+                if n_src != n_dst:
+                    raise StoreError(f"copied {n_dst} records of {name!r}, the source has {n_src}")
+                all_ids = [i for ids, *_ in src._export(10_000) for i in ids]
+                step = max(1, len(all_ids) // max(1, sample))
+                picked = all_ids[::step][:sample]
+                a = src.get(picked, include_vectors=True)
+                b = dst.get(picked, include_vectors=True)
+                for ra, rb in zip(a, b, strict=False):
+                    same = (ra["id"] == rb["id"] and ra["text"] == rb["text"] and ra["metadata"] == rb["metadata"]
+                            and np.array_equal(ra["vector"], rb["vector"]))
+                    if not same:
+                        raise StoreError(f"record {ra['id']!r} differs after copying {name!r}")
+                if len(a) != len(b):
+                    raise StoreError(f"{len(a) - len(b)} sampled records of {name!r} are missing from the copy")
+        except BaseException:
+            delete_collection(dest, store=target)
+            raise
+    return {"name": name, "target_name": dest, "count": n_dst, "checked": len(a)}
+
+
 def list_collections(store: str | os.PathLike[str] | None = None) -> list[str]:
     """Names of the collections in a store."""
     if is_postgres(store):
@@ -841,4 +904,4 @@ def delete_collection(name: str, *, store: str | os.PathLike[str] | None = None)
 
 
 __all__ = ["Collection", "CollectionSettings", "create_like", "default_store", "delete_collection",
-           "is_postgres", "list_collections", "open_collection"]
+           "is_postgres", "list_collections", "migrate_collection", "open_collection"]

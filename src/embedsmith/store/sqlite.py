@@ -174,7 +174,7 @@ class SqliteCollection(Collection):
                 warnings.warn(
                     f"ANN index of collection {self.name!r} is unusable ({exc}); rebuilding it from the database",
                     IndexRebuildWarning,
-                    stacklevel=4,
+                    stacklevel=5,
                 )
             return AnnIndex(spec)
 
