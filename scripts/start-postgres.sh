@@ -50,7 +50,7 @@ install_pgvector() {
 deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main
 SRC
     local opts=(-o "Dir::Etc::SourceList=$apt_dir/sources.list" -o "Dir::Etc::SourceParts=$apt_dir/sources.list.d"
-        -o "Dir::State::Lists=$apt_dir/lists" -o "APT::Get::List-Cleanup=0")
+        -o "Dir::State::Lists=$apt_dir/lists" -o "APT::Get::List-Cleanup=0" -o "APT::Sandbox::User=root")
     apt-get "${opts[@]}" update -qq >&2
     (cd "$build" && apt-get "${opts[@]}" source --download-only "pgvector=$PGVECTOR_VERSION" >&2 \
         && dpkg-source -x pgvector_*.dsc src >&2 \
@@ -97,7 +97,7 @@ start_server() {
     if [ "$("${psql[@]}" -tAc "SELECT 1 FROM pg_database WHERE datname='$DB'")" != 1 ]; then
         "${psql[@]}" -c "CREATE DATABASE $DB OWNER $USER_NAME" >&2
     fi
-    "${psql[@]}" -d "$DB" -c "CREATE EXTENSION IF NOT EXISTS vector" >&2
+    "${psql[@]}" -d "$DB" -c "SET client_min_messages = warning" -c "CREATE EXTENSION IF NOT EXISTS vector" >&2
     local dsn="postgresql://$USER_NAME@127.0.0.1:$port/$DB"
     echo "$dsn" | as_root tee "$STATE/dsn" >/dev/null
     echo "$dsn"
