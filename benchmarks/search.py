@@ -7,6 +7,11 @@ every HNSW. Recall@10 is against exact (faiss IndexFlatIP).
 
     python benchmarks/search.py --n 100000 --queries 1000
     python benchmarks/search.py --real --queries 1000
+    python benchmarks/search.py --n 100000 --queries 1000 --store "$(scripts/start-postgres.sh | tail -n 1)"
+
+With --store postgresql://..., the same collections are also built on PostgreSQL + pgvector (in a temporary
+schema, dropped afterwards): ingest rate (binary COPY, then one HNSW build over the first batch), and
+k=10 q/s and recall@10 through Collection.search, beside the embedded store in the same run.
 """
 
 from __future__ import annotations
@@ -104,6 +109,7 @@ def main() -> None:
     ap.add_argument("--precisions", default="float32,int8,binary")
     ap.add_argument("--no-hnswlib", action="store_true")
     ap.add_argument("--skip-peers", action="store_true", help="only embedsmith (recall still against exact)")
+    ap.add_argument("--store", help="also run on this PostgreSQL store (postgresql://...); int8 is skipped there")
     args = ap.parse_args()
 
     import faiss
@@ -129,6 +135,8 @@ def main() -> None:
 
     for precision in args.precisions.split(","):
         ours(args, precision, data, queries, truth, row, faiss_qps, faiss_add_rate)
+        if args.store and precision != "int8":  # pgvector has no int8 vectors
+            on_postgres(args, precision, data, queries, truth, row)
 
     label = "real MiniLM vectors" if args.real else f"synthetic, {args.clusters} clusters"
     print(f"\n{n:,} x {dim} ({label}), {len(queries)} queries, k={k}, M={args.m}, "
@@ -237,6 +245,37 @@ def ours(args, precision, data, queries, truth, row, faiss_qps, faiss_add_rate):
         coll.close()
     finally:
         shutil.rmtree(store, ignore_errors=True)
+
+
+def on_postgres(args, precision, data, queries, truth, row):  # type: ignore[no-untyped-def]
+    """Build and search a collection on PostgreSQL + pgvector (same M, efConstruction, efSearch)."""
+    import uuid
+
+    import psycopg
+
+    from embedsmith import open_collection
+
+    n, dim = data.shape
+    k = truth.shape[1]
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    store = f"{args.store}{'&' if '?' in args.store else '?'}schema={schema}"
+    try:
+        ids = [str(i) for i in range(n)]
+        coll = open_collection("bench", store=store, dim=dim, precision=precision, hnsw_m=args.m,
+                               ef_construction=args.ef_construction, ef_search=args.ef, exact_below=0)
+        t = time.perf_counter()
+        coll.add_vectors(data, ids)  # one transaction: binary COPY, then the HNSW graph built once
+        build = time.perf_counter() - t
+        qps, hits = loop_qps(lambda q, coll=coll: coll.search(q, k=k), queries)
+        found = [np.array([int(i) for i in h.ids]) for h in hits]
+        disk = coll.disk_bytes()
+        coll.close()
+        row(f"PostgreSQL pgvector Collection.search ({precision}{', rescored' if precision != 'float32' else ''})",
+            build, qps, recall(found, truth),
+            note=f"ingest {n / build:,.0f} vectors/s (COPY + HNSW build); disk {disk / n:.0f} B/vec")
+    finally:
+        with psycopg.connect(args.store.split("?")[0], autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,12 @@ from __future__ import annotations
 import csv
 import os
 import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -28,6 +32,19 @@ def read_stsb(path: Path = DATA / "stsb" / "stsb-en-dev.csv") -> tuple[list[str]
     return a, b, s
 
 
+def clustered(n: int, dim: int = 32, centers: int = 20, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    c = rng.normal(size=(centers, dim))
+    x = c[rng.integers(0, centers, n)] + 0.3 * rng.normal(size=(n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture
+def vecs() -> np.ndarray:
+    """3,000 unit vectors [3000, 32] in 20 clusters."""
+    return clustered(3000)
+
+
 @pytest.fixture(scope="session")
 def stsb() -> tuple[list[str], list[str], list[float]]:
     return read_stsb()
@@ -45,3 +62,58 @@ def minilm_torch():  # type: ignore[no-untyped-def]
     from embedsmith import load_encoder
 
     return load_encoder("minilm", backend="torch", device="cpu")
+
+
+# -- PostgreSQL ----------------------------------------------------------------------------------------------
+# The server comes from scripts/start-postgres.sh (CI runs it and exports EMBEDSMITH_TEST_PG). Locally the
+# PostgreSQL tests skip with the reason when no server answers; with CI=true they fail instead.
+PG_ENV = "EMBEDSMITH_TEST_PG"
+PG_DSN_FILE = Path(os.environ.get("EMBEDSMITH_PG_DIR", "/var/tmp/embedsmith-pg")) / "dsn"
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    """DSN of the test PostgreSQL server (with pgvector)."""
+    from embedsmith.store.pgvector import mask_dsn
+
+    dsn = os.environ.get(PG_ENV) or (PG_DSN_FILE.read_text().strip() if PG_DSN_FILE.is_file() else "")
+    reason = ""
+    if not dsn:
+        reason = f"no PostgreSQL server: run scripts/start-postgres.sh, or set {PG_ENV}=postgresql://..."
+    else:
+        try:
+            import psycopg
+
+            psycopg.connect(dsn, connect_timeout=3).close()
+        except Exception as exc:
+            reason = f"PostgreSQL at {mask_dsn(dsn)} is unreachable ({exc}); run scripts/start-postgres.sh"
+    if reason:
+        if in_ci():
+            pytest.fail(f"CI=true runs the PostgreSQL tests, but {reason}")
+        pytest.skip(reason)
+    return dsn
+
+
+@contextmanager
+def pg_schema(dsn: str) -> Iterator[str]:
+    """A store in a fresh schema of the test server, dropped afterwards."""
+    import psycopg
+
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    yield f"{dsn}{'&' if '?' in dsn else '?'}schema={schema}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The same contract on both backends: a temporary folder, or a temporary PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield str(tmp_path)
+        return
+    with pg_schema(request.getfixturevalue("pg_server")) as s:
+        yield s

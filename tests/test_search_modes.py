@@ -1,4 +1,5 @@
-"""bm25 (SQLite FTS5), hybrid fusion, grouping and cross-encoder reranking on real Cranfield abstracts."""
+"""bm25 (SQLite FTS5; SQL over tsvector on PostgreSQL), hybrid fusion, grouping and cross-encoder reranking on
+real Cranfield abstracts, on both backends."""
 
 from __future__ import annotations
 
@@ -13,18 +14,34 @@ from embedsmith import InvalidInputError, open_collection
 from embedsmith.ingest import index_paths
 from embedsmith.rerankers import Reranker, sigmoid
 from embedsmith.search import reciprocal_rank_fusion, weighted_fusion
+from embedsmith.store import migrate_collection
 
 CRAN = Path(__file__).parent / "data" / "cranfield"
 QUERY = "heat conduction in composite slabs"
 
 
 @pytest.fixture(scope="module")
-def cran(tmp_path_factory, minilm_onnx):  # type: ignore[no-untyped-def]
+def cran_sqlite(tmp_path_factory, minilm_onnx):  # type: ignore[no-untyped-def]
     c = open_collection("cran", store=tmp_path_factory.mktemp("store"), encoder=minilm_onnx)
     report = index_paths(c, [CRAN / "corpus.jsonl"])
     assert report.documents == 300 and report.chunks > 300  # long abstracts became several chunks
     yield c
     c.close()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def cran(request, cran_sqlite, minilm_onnx):  # type: ignore[no-untyped-def]
+    """The indexed abstracts on each backend (PostgreSQL gets a copy: the same vectors, not re-embedded)."""
+    if request.param == "sqlite":
+        yield cran_sqlite
+        return
+    from conftest import pg_schema
+
+    with pg_schema(request.getfixturevalue("pg_server")) as pg:
+        cran_sqlite.save_index()  # so the migration's own open of the source loads the index file
+        migrate_collection("cran", cran_sqlite.folder.parent, pg)
+        with open_collection("cran", store=pg, encoder=minilm_onnx) as c:
+            yield c
 
 
 def test_bm25_finds_exact_terms(cran):
@@ -75,8 +92,8 @@ def test_bad_queries(cran):
         cran.search(QUERY, mode="sparse")
 
 
-def test_deleted_and_replaced_rows_leave_the_bm25_index(tmp_path, minilm_onnx):
-    with open_collection("b", store=tmp_path, encoder=minilm_onnx) as c:
+def test_deleted_and_replaced_rows_leave_the_bm25_index(store, minilm_onnx):
+    with open_collection("b", store=store, encoder=minilm_onnx) as c:
         c.add(["zebra crossing rules", "zebra stripes in the savanna", "lift on a wing"], ids=["a", "b", "c"])
         assert set(c.search("zebra", k=5, mode="bm25").ids) == {"a", "b"}
         c.delete(["a"])

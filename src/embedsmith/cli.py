@@ -158,7 +158,8 @@ def models(as_json: JsonOpt = False) -> None:
     Console().print(table)
 
 
-StoreOpt = Annotated[str | None, typer.Option("--store", help="store folder (default: $EMBEDSMITH_HOME)")]
+StoreOpt = Annotated[str | None, typer.Option(
+    "--store", help="store folder (default: $EMBEDSMITH_HOME) or PostgreSQL DSN postgresql://user@host:port/db")]
 CollectionOpt = Annotated[str, typer.Option("--collection", "-c", help="collection name")]
 
 
@@ -333,6 +334,30 @@ def reembed(
                     dst.upsert([{"id": r["id"], "text": r["text"], "metadata": r["metadata"]} for r in batch])
                     bar.update(len(batch))
             print(f"{to}: {dst.count()} records ({dst.settings.model}, dim {dst.dim})")
+
+
+@app.command()
+def migrate(
+    collection: CollectionOpt,
+    source: Annotated[str | None, typer.Option("--from", help="source store: folder or postgresql:// DSN")] = None,
+    target: Annotated[str | None, typer.Option("--to", help="target store: folder or postgresql:// DSN")] = None,
+    rename: Annotated[str | None, typer.Option("--as", help="name of the copy (default: the same)")] = None,
+    batch: Annotated[int, typer.Option(help="records per transaction")] = 2000,
+) -> None:
+    """Copy a collection between stores (SQLite <-> PostgreSQL) without re-embedding; verifies counts and a sample."""
+    from .errors import InvalidInputError
+    from .store import migrate_collection
+    from .store.pgvector import mask_dsn
+
+    if source is None and target is None:
+        raise InvalidInputError("migrate needs --from or --to (the other defaults to $EMBEDSMITH_HOME)")
+    report = migrate_collection(collection, source, target, target_name=rename, batch=batch, show_progress=True)
+
+    def shown(store: str | None) -> str:
+        return mask_dsn(store) if store and "://" in store else (store or "$EMBEDSMITH_HOME")
+
+    print(f"copied {collection} ({shown(source)}) -> {report['target_name']} ({shown(target)}): "
+          f"{report['count']} records, counts equal, {report['checked']} sampled records identical")
 
 
 @app.command()
