@@ -24,6 +24,8 @@ from embedsmith.server import ServerSettings, create_app
 from embedsmith.server.batching import EmbeddingBatcher
 
 openai = pytest.importorskip("openai")
+schemathesis = pytest.importorskip("schemathesis")
+hypothesis = pytest.importorskip("hypothesis")
 KEY = "sk-test-7f3a9c1e5b"
 DOCS = [
     {"id": "d1", "text": "Heat conduction in composite slabs with layered materials.", "metadata": {"topic": "heat",
@@ -423,3 +425,36 @@ def test_32_concurrent_clients_get_no_errors(url, minilm_onnx):
     batches = [float(re.search(r'^embedsmith_batch_size_count\{model="minilm"\} (\S+)$', t, re.M).group(1))
                for t in (before, after)]
     assert batches[1] - batches[0] < len(requests)  # requests were coalesced
+
+
+# -- the OpenAPI spec tells the truth -----------------------------------------------------------------------------
+@pytest.mark.slow
+def test_openapi_spec_holds_under_schemathesis(url):
+    """Valid and invalid requests generated from /openapi.json: no 5xx, and every answer is as documented."""
+    from schemathesis import GenerationMode
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import (
+        content_type_conformance,
+        response_schema_conformance,
+        status_code_conformance,
+    )
+
+    checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+    api_schema = schemathesis.openapi.from_url(url + "/openapi.json")
+    operations = [result.ok() for result in api_schema.get_all_operations()]
+    assert len(operations) >= 14
+    statuses: dict[int, int] = {}
+    for operation in operations:
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
+            @hypothesis.settings(max_examples=12, deadline=None, derandomize=True, database=None,
+                                 suppress_health_check=list(hypothesis.HealthCheck))
+            def run(case):  # type: ignore[no-untyped-def]
+                res = case.call_and_validate(base_url=url, checks=checks, timeout=60)
+                statuses[res.status_code] = statuses.get(res.status_code, 0) + 1
+
+            try:
+                run()
+            except hypothesis.errors.Unsatisfiable:  # no parameters to make invalid (GET /health)
+                assert mode is GenerationMode.NEGATIVE
+    assert {200, 400, 404, 422} <= set(statuses), statuses
