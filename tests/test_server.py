@@ -458,3 +458,48 @@ def test_openapi_spec_holds_under_schemathesis(url):
             except hypothesis.errors.Unsatisfiable:  # no parameters to make invalid (GET /health)
                 assert mode is GenerationMode.NEGATIVE
     assert {200, 400, 404, 422} <= set(statuses), statuses
+
+
+# -- the command ---------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_embedsmith_serve_command(tmp_path):
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "EMBEDSMITH_API_KEY": KEY}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "embedsmith.cli", "serve", "--port", str(port), "--store", str(tmp_path),
+         "--backend", "onnx", "--max-inputs", "4"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(base + "/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
+            time.sleep(0.2)
+        assert httpx.get(base + "/v1/models").status_code == 401
+        good = {"Authorization": f"Bearer {KEY}"}
+        res = httpx.post(base + "/v1/embeddings", json={"input": ["a"] * 5}, headers=good)
+        assert_openai_error(res, 413)
+        assert httpx.post(base + "/v1/embeddings", json={"input": ["a"] * 4}, headers=good).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out = proc.communicate(timeout=30)[0]
+    assert f"on http://127.0.0.1:{port}" in out and KEY not in out
+
+    bad = subprocess.run([sys.executable, "-m", "embedsmith.cli", "serve", "--workers", "0"], capture_output=True,
+                         text=True, env=env)
+    assert bad.returncode == 1 and bad.stderr.strip() == "embedsmith: error: --workers must be at least 1, got 0"
