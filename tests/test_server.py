@@ -503,3 +503,31 @@ def test_embedsmith_serve_command(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "embedsmith.cli", "serve", "--workers", "0"], capture_output=True,
                          text=True, env=env)
     assert bad.returncode == 1 and bad.stderr.strip() == "embedsmith: error: --workers must be at least 1, got 0"
+
+
+def test_one_failing_request_does_not_fail_its_batch(minilm_onnx):
+    class Picky:
+        """The real encoder, except that it refuses any batch holding the text 'poison'."""
+
+        name, dim, max_tokens, fingerprint = "picky", minilm_onnx.dim, minilm_onnx.max_tokens, "x"
+
+        def count_tokens(self, texts, *, kind=None):  # type: ignore[no-untyped-def]
+            return minilm_onnx.count_tokens(texts, kind=kind)
+
+        def encode(self, texts, **kw):  # type: ignore[no-untyped-def]
+            if "poison" in texts:
+                raise RuntimeError("refused")
+            return minilm_onnx.encode(texts, **kw)
+
+    async def run() -> list[object]:
+        batcher = EmbeddingBatcher(Picky(), max_wait_s=0.05)  # type: ignore[arg-type]
+        try:
+            return await asyncio.gather(batcher.embed(["fine"]), batcher.embed(["poison"]), batcher.embed(["ok"]),
+                                        return_exceptions=True)
+        finally:
+            await batcher.stop()
+
+    fine, poisoned, ok = asyncio.run(run())
+    assert isinstance(poisoned, RuntimeError)
+    np.testing.assert_allclose(fine[0], minilm_onnx.encode(["fine"]), atol=1e-5)  # type: ignore[index]
+    np.testing.assert_allclose(ok[0], minilm_onnx.encode(["ok"]), atol=1e-5)  # type: ignore[index]

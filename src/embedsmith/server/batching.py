@@ -172,10 +172,21 @@ class EmbeddingBatcher:
                 continue
             try:
                 results = await loop.run_in_executor(self._executor, self._encode, batch)
-            except Exception as exc:  # delivered to every request of the batch
+            except Exception as exc:
+                if len(batch) == 1:
+                    if not batch[0].future.done():
+                        batch[0].future.set_exception(exc)
+                    continue
+                # One request's failure must not fail the others: encode them one by one.
                 for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(exc)
+                    try:
+                        (res,) = await loop.run_in_executor(self._executor, self._encode, [p])
+                    except Exception as one:
+                        if not p.future.done():
+                            p.future.set_exception(one)
+                    else:
+                        if not p.future.done():
+                            p.future.set_result(res)
                 continue
             for p, res in zip(batch, results, strict=True):
                 if not p.future.done():
