@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
+import random
+import socket
 import tempfile
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,6 +25,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("EMBEDSMITH_CACHE", tempfile.mkdtemp(prefix="embedsmith-test-cache-"))
 
 DATA = Path(__file__).parent / "data"
+CRAN = DATA / "cranfield"
 SEED = ["A cat sits on the mat.", "A feline rests on a rug.", "The stock market fell sharply today."]
 
 
@@ -117,3 +124,66 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         return
     with pg_schema(request.getfixturevalue("pg_server")) as s:
         yield s
+
+
+@pytest.fixture(scope="session")
+def tiny_reranker(tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
+    """A cross-encoder trained here in seconds from MiniLM on Cranfield judgements (quality is not the point)."""
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    from embedsmith.encoders.registry import _minilm_folder
+
+    torch.manual_seed(0)
+    docs = {json.loads(x)["_id"]: json.loads(x)["text"] for x in (CRAN / "corpus.jsonl").read_text().splitlines()}
+    queries = {json.loads(x)["_id"]: json.loads(x)["text"] for x in (CRAN / "queries.jsonl").read_text().splitlines()}
+    rows = [line.split("\t") for line in (CRAN / "qrels" / "dev.tsv").read_text().splitlines()[1:]]
+    rng = random.Random(0)
+    pairs = []
+    for qid, did, _ in rows[:24]:
+        pairs.append((queries[qid], docs[did], 1.0))
+        pairs.append((queries[qid], docs[rng.choice(list(docs))], 0.0))
+    ce = CrossEncoder(str(_minilm_folder()), num_labels=1, device="cpu", local_files_only=True)
+    model, tok = ce.model, ce.tokenizer
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-5)
+    model.train()
+    for _ in range(2):
+        rng.shuffle(pairs)
+        for i in range(0, len(pairs), 8):
+            batch = pairs[i : i + 8]
+            enc = tok([p[0] for p in batch], [p[1] for p in batch], padding=True, truncation=True, max_length=128,
+                      return_tensors="pt")
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                model(**enc).logits.squeeze(-1), torch.tensor([p[2] for p in batch]))
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+    model.eval()
+    out = tmp_path_factory.mktemp("reranker")
+    ce.save(str(out))
+    return out
+
+
+@contextmanager
+def serving(app: Any, **config: Any) -> Iterator[str]:
+    """Run an ASGI app under a real uvicorn server on a free loopback port, in a thread; yields its base URL."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level=config.pop("log_level", "warning"), **config))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        sock.close()

@@ -4,7 +4,6 @@ real Cranfield abstracts, on both backends."""
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import numpy as np
@@ -102,44 +101,6 @@ def test_deleted_and_replaced_rows_leave_the_bm25_index(store, minilm_onnx):
         assert c.search("lions", k=5, mode="bm25").ids == ["b"]
         c.compact()
         assert c.search("savanna", k=5, mode="bm25").ids == ["b"]
-
-
-@pytest.fixture(scope="module")
-def tiny_reranker(tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
-    """A cross-encoder trained here in seconds from MiniLM on Cranfield judgements (quality is not the point)."""
-    import torch
-    from sentence_transformers import CrossEncoder
-
-    from embedsmith.encoders.registry import _minilm_folder
-
-    torch.manual_seed(0)
-    docs = {json.loads(x)["_id"]: json.loads(x)["text"] for x in (CRAN / "corpus.jsonl").read_text().splitlines()}
-    queries = {json.loads(x)["_id"]: json.loads(x)["text"] for x in (CRAN / "queries.jsonl").read_text().splitlines()}
-    rows = [line.split("\t") for line in (CRAN / "qrels" / "dev.tsv").read_text().splitlines()[1:]]
-    rng = random.Random(0)
-    pairs = []
-    for qid, did, _ in rows[:24]:
-        pairs.append((queries[qid], docs[did], 1.0))
-        pairs.append((queries[qid], docs[rng.choice(list(docs))], 0.0))
-    ce = CrossEncoder(str(_minilm_folder()), num_labels=1, device="cpu", local_files_only=True)
-    model, tok = ce.model, ce.tokenizer
-    opt = torch.optim.AdamW(model.parameters(), lr=5e-5)
-    model.train()
-    for _ in range(2):
-        rng.shuffle(pairs)
-        for i in range(0, len(pairs), 8):
-            batch = pairs[i : i + 8]
-            enc = tok([p[0] for p in batch], [p[1] for p in batch], padding=True, truncation=True, max_length=128,
-                      return_tensors="pt")
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(
-                model(**enc).logits.squeeze(-1), torch.tensor([p[2] for p in batch]))
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-    model.eval()
-    out = tmp_path_factory.mktemp("reranker")
-    ce.save(str(out))
-    return out
 
 
 def test_rerank_orders_candidates_by_the_cross_encoder(cran, tiny_reranker):

@@ -152,7 +152,8 @@ def load_encoder(
     """Load an encoder by alias or by the path of a sentence-transformers folder.
 
     Args:
-        name: an alias (``minilm``, ``mpnet``, ``e5-small-multilingual``, ``use-multilingual``) or a folder.
+        name: an alias (``minilm``, ``mpnet``, ``e5-small-multilingual``, ``use-multilingual``), a folder, or
+            ``openai:MODEL@BASE_URL`` for any OpenAI-compatible embeddings server (key from $OPENAI_API_KEY).
         backend: 'auto' (the fastest lossless path: ONNX fp32 on CPU, torch on CUDA), 'torch', 'onnx'
             (exact fp32), or 'onnx-int8' (per-channel dynamic int8: faster, slightly lossy).
         device: 'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.
@@ -169,6 +170,13 @@ def load_encoder(
     if threads is not None and (isinstance(threads, bool) or threads <= 0):
         raise InvalidInputError(f"threads must be a positive integer, got {threads!r}")
     key = str(name)
+    if key.startswith("openai:"):
+        if backend != "auto":
+            raise InvalidInputError(f"{key} runs on its server; use backend='auto', got {backend!r}")
+        from .openai_compat import OpenAICompatEncoder, parse_openai_name
+
+        model, base_url = parse_openai_name(key)
+        return OpenAICompatEncoder(model, base_url, prompts=prompts)
     info = MODELS.get(key.lower())
     if info is not None and info.kind in ("e5", "use"):
         if backend not in ("auto",):

@@ -1,0 +1,218 @@
+"""Dynamic batching: concurrent embedding requests are coalesced into one encoder call, off the event loop.
+
+Requests wait in a queue. A single worker task takes the first one, gathers whatever else arrives within
+``max_wait_s`` (up to ``max_batch`` texts), and encodes the lot in a worker thread while the next batch
+gathers. Many small clients thus get the throughput of large batches; an idle server adds at most
+``max_wait_s`` to a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import EmbedsmithError
+from ..quantization import l2_normalize, truncate_dims
+from ..types import Encoder, Kind
+
+
+class QueueFullError(EmbedsmithError):
+    """More texts are waiting than the server accepts; the client should retry later (HTTP 429)."""
+
+
+@dataclass
+class _Pending:
+    texts: list[str]
+    kind: Kind | None
+    dims: int | None
+    future: asyncio.Future[tuple[np.ndarray, int]]
+
+
+@dataclass
+class BatchStats:
+    """What the batcher has done, for /metrics. Counts only grow."""
+
+    batches: int = 0
+    texts: int = 0
+    tokens: int = 0
+    # Histogram of texts per batch: upper bounds and cumulative counts (Prometheus style).
+    size_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+    size_counts: list[int] = field(default_factory=lambda: [0] * 11)
+
+    def observe(self, size: int, tokens: int) -> None:
+        self.batches += 1
+        self.texts += size
+        self.tokens += tokens
+        for i, bound in enumerate(self.size_buckets):
+            if size <= bound:
+                self.size_counts[i] += 1
+                return
+        self.size_counts[-1] += 1
+
+
+class EmbeddingBatcher:
+    """Coalesces ``embed`` calls for one encoder.
+
+    Args:
+        encoder: the encoder all requests share.
+        max_batch: texts per encoder call (a single larger request is encoded alone, never split).
+        max_wait_s: how long the first request of a batch waits for company.
+        max_queue: texts allowed to wait; beyond it :meth:`embed` raises :class:`QueueFullError`.
+    """
+
+    def __init__(self, encoder: Encoder, *, max_batch: int = 128, max_wait_s: float = 0.002,
+                 max_queue: int = 8192) -> None:
+        self.encoder = encoder
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self.max_queue = max_queue
+        self.stats = BatchStats()
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._queued_texts = 0
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"embedsmith-encode-{encoder.name}")
+        self._stats_lock = threading.Lock()
+
+    @property
+    def queue_depth(self) -> int:
+        """Texts waiting for a batch (not counting the one being encoded)."""
+        return self._queued_texts
+
+    def start(self) -> None:
+        """Start the worker task on the running event loop (idempotent)."""
+        if self._task is None or self._task.done():
+            self._wakeup = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.encoder.name}")
+
+    async def stop(self) -> None:
+        """Stop the worker; waiting requests fail with an error."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        while self._queue:
+            p = self._queue.popleft()
+            if not p.future.done():
+                p.future.set_exception(EmbedsmithError("the server is shutting down"))
+        self._queued_texts = 0
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def embed(self, texts: list[str], *, kind: Kind | None = None, dims: int | None = None
+                    ) -> tuple[np.ndarray, int]:
+        """Encode ``texts`` (already checked) in whatever batch forms.
+
+        Returns:
+            float32 unit vectors of shape [len(texts), dims or dim], and the number of tokens the model read.
+
+        Raises:
+            QueueFullError: the queue holds ``max_queue`` texts already.
+        """
+        if self._queued_texts and self._queued_texts + len(texts) > self.max_queue:
+            raise QueueFullError(
+                f"the server is busy: {self._queued_texts} texts are waiting (limit {self.max_queue}); retry later"
+            )
+        self.start()
+        future: asyncio.Future[tuple[np.ndarray, int]] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(texts, kind, dims, future))
+        self._queued_texts += len(texts)
+        assert self._wakeup is not None
+        self._wakeup.set()
+        return await future
+
+    def _take(self, limit: int) -> list[_Pending]:
+        """Pop queued requests in order while they fit in ``limit`` texts (always at least one)."""
+        taken: list[_Pending] = []
+        size = 0
+        while self._queue:
+            head = self._queue[0]
+            if taken and size + len(head.texts) > limit:
+                break
+            taken.append(self._queue.popleft())
+            size += len(head.texts)
+            self._queued_texts -= len(head.texts)
+        return taken
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._wakeup is not None
+        while True:
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            batch = self._take(self.max_batch)
+            size = sum(len(p.texts) for p in batch)
+            deadline = loop.time() + self.max_wait_s
+            while size < self.max_batch:
+                if not self._queue:
+                    left = deadline - loop.time()
+                    if left <= 0:
+                        break
+                    self._wakeup.clear()
+                    try:
+                        await asyncio.wait_for(self._wakeup.wait(), left)
+                    except TimeoutError:
+                        break
+                    continue
+                if size + len(self._queue[0].texts) > self.max_batch:
+                    break
+                more = self._take(self.max_batch - size)
+                batch += more
+                size += sum(len(p.texts) for p in more)
+            batch = [p for p in batch if not p.future.cancelled()]
+            if not batch:
+                continue
+            try:
+                results = await loop.run_in_executor(self._executor, self._encode, batch)
+            except Exception as exc:
+                if len(batch) == 1:
+                    if not batch[0].future.done():
+                        batch[0].future.set_exception(exc)
+                    continue
+                # One request's failure must not fail the others: encode them one by one.
+                for p in batch:
+                    try:
+                        (res,) = await loop.run_in_executor(self._executor, self._encode, [p])
+                    except Exception as one:
+                        if not p.future.done():
+                            p.future.set_exception(one)
+                    else:
+                        if not p.future.done():
+                            p.future.set_result(res)
+                continue
+            for p, res in zip(batch, results, strict=True):
+                if not p.future.done():
+                    p.future.set_result(res)
+
+    def _encode(self, batch: list[_Pending]) -> list[tuple[np.ndarray, int]]:
+        """In the worker thread: one encoder call per prompt kind, then each request's dims and norm."""
+        out: list[tuple[np.ndarray, int] | None] = [None] * len(batch)
+        by_kind: dict[Kind | None, list[int]] = {}
+        for i, p in enumerate(batch):
+            by_kind.setdefault(p.kind, []).append(i)
+        total_tokens = 0
+        for kind, members in by_kind.items():
+            texts = [t for i in members for t in batch[i].texts]
+            tokens = self.encoder.count_tokens(texts, kind=kind)
+            raw = self.encoder.encode(texts, kind=kind, normalize=False)
+            start = 0
+            for i in members:
+                n = len(batch[i].texts)
+                part = raw[start : start + n]
+                vecs = truncate_dims(part, batch[i].dims) if batch[i].dims else l2_normalize(part)
+                used = int(sum(min(t, self.encoder.max_tokens) for t in tokens[start : start + n]))
+                out[i] = (np.ascontiguousarray(vecs, dtype=np.float32), used)
+                start += n
+            total_tokens += sum(tokens)
+        with self._stats_lock:
+            self.stats.observe(sum(len(p.texts) for p in batch), total_tokens)
+        return [r for r in out if r is not None]
+

@@ -1,0 +1,207 @@
+"""Request and response bodies of the HTTP service (pydantic), which are also its OpenAPI spec."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error shape."""
+
+    error: ErrorBody
+
+
+# -- embeddings (OpenAI) ------------------------------------------------------------------------------
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    input: str | list[str] = Field(description="a text, or a list of texts (token arrays are not accepted)")
+    model: str | None = Field(None, description="a served model (GET /v1/models); default: the first one")
+    encoding_format: Literal["float", "base64"] = Field(
+        "float", description="base64: little-endian float32 bytes, as OpenAI sends them")
+    dimensions: int | None = Field(None, ge=1, description="keep the first N dimensions, renormalised (Matryoshka)")
+    user: str | None = Field(None, description="accepted and ignored")
+    input_type: Literal["query", "document"] | None = Field(
+        None, description="embedsmith extension: add the model's prompt for queries or documents")
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
+
+
+# -- models -------------------------------------------------------------------------------------------
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "embedsmith"
+    type: Literal["embedding", "rerank"]
+    dim: int | None = None
+    max_tokens: int | None = None
+    fingerprint: str | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+# -- rerank (Cohere / Jina / TEI style) ----------------------------------------------------------------
+class RerankDocument(BaseModel):
+    text: str
+
+
+class RerankRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    query: str
+    documents: list[str | RerankDocument] = Field(description="texts, or objects with a 'text'")
+    model: str | None = None
+    top_n: int | None = Field(None, ge=1, description="return the best N (default: all)")
+    return_documents: bool = False
+
+
+class RerankResult(BaseModel):
+    index: int
+    relevance_score: float = Field(description="sigmoid of the cross-encoder's logit, 0..1")
+    relevance_logit: float
+    document: RerankDocument | None = None
+
+
+class RerankResponse(BaseModel):
+    id: str
+    model: str
+    results: list[RerankResult]
+
+
+# -- collections --------------------------------------------------------------------------------------
+Metric = Literal["cosine", "dot", "l2", "manhattan"]
+PrecisionName = Literal["float32", "float16", "int8", "binary"]
+
+
+class CollectionCreate(BaseModel):
+    name: str = Field(description="1-64 letters, digits, '_', '.' or '-', starting with a letter or digit")
+    model: str | None = Field(None, description="a served model; default: the first one")
+    metric: Metric = "cosine"
+    precision: PrecisionName = "float32"
+    dims: int | None = Field(None, ge=1, description="index only the first N dimensions")
+
+
+class CollectionInfo(BaseModel):
+    object: Literal["collection"] = "collection"
+    name: str
+    count: int
+    model: str | None
+    fingerprint: str | None
+    dim: int
+    dims: int
+    precision: str
+    metric: str
+    disk_bytes: int
+
+
+class CollectionList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[CollectionInfo]
+
+
+class Deleted(BaseModel):
+    id: str
+    object: str
+    deleted: bool
+
+
+class Document(BaseModel):
+    id: str | None = Field(None, description="default: a random id (add only; upsert needs ids)")
+    text: str
+    metadata: dict[str, Any] | None = None
+
+
+class DocumentsRequest(BaseModel):
+    documents: list[Document]
+
+
+class DocumentsWritten(BaseModel):
+    object: Literal["list"] = "list"
+    ids: list[str]
+    count: int = Field(description="records in the collection after the write")
+
+
+class DocumentsDelete(BaseModel):
+    ids: list[str] | None = None
+    where: dict[str, Any] | None = Field(None, description="metadata filter, e.g. {\"lang\": \"en\"}")
+
+
+class DocumentsDeleted(BaseModel):
+    object: Literal["deleted"] = "deleted"
+    deleted: int
+    count: int
+
+
+class StoredDocument(BaseModel):
+    id: str
+    text: str | None
+    metadata: dict[str, Any]
+
+
+class DocumentList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[StoredDocument]
+
+
+class SearchRequest(BaseModel):
+    query: str
+    k: int = Field(10, ge=1, le=1000)
+    mode: Literal["dense", "bm25", "hybrid"] = "dense"
+    where: dict[str, Any] | None = Field(None, description="metadata filter, e.g. {\"year\": {\"$gte\": 2000}}")
+    rerank: bool = Field(False, description="rerank the candidates with the server's cross-encoder")
+    candidates: int | None = Field(None, ge=1, le=1000, description="first-stage hits given to the reranker")
+    fusion: Literal["rrf", "weighted"] = "rrf"
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="dense weight for weighted fusion")
+    group_by: str | None = Field(None, description="keep the best hit per value of this metadata field")
+
+
+class SearchHit(BaseModel):
+    id: str
+    score: float
+    text: str | None
+    metadata: dict[str, Any]
+    rerank_logit: float | None = None
+    first_stage_score: float | None = None
+
+
+class SearchResponse(BaseModel):
+    object: Literal["list"] = "list"
+    collection: str
+    query: str
+    mode: str
+    data: list[SearchHit]
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    models: list[str]
+    reranker: str | None
