@@ -193,6 +193,7 @@ def finetune(
     temperature: float = 0.05,
     seed: int = 42,
     max_steps: int | None = None,
+    max_seq_length: int | None = None,
     eval_task: Any = None,
     device: str = "auto",
     show_progress: bool = False,
@@ -208,6 +209,7 @@ def finetune(
         matryoshka: dimensions to train for truncation, e.g. (384, 256, 128, 64).
         hard_negatives: none | bm25 | dense (the base model) mined from the positives plus ``corpus``.
         max_steps: stop after this many optimiser steps (overrides ``epochs``).
+        max_seq_length: tokens per text while training (shorter trains faster; the saved model keeps its own).
         eval_task: an :mod:`embedsmith.evaluation` task scored before and after (with ``matryoshka``, also at
             each of its dimensions).
     """
@@ -244,6 +246,9 @@ def finetune(
     torch.manual_seed(seed)
     random.seed(seed)
     st = SentenceTransformer(str(folder), device=dev, local_files_only=True)
+    own_length = st.max_seq_length
+    if max_seq_length:
+        st.max_seq_length = min(max_seq_length, own_length or max_seq_length)
     dataset = _dataset(data, loss)
     in_batch = loss in ("mnrl", "cached-mnrl", "infonce")
     args = _args(SentenceTransformerTrainingArguments, out, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
@@ -254,6 +259,7 @@ def finetune(
     start = time.perf_counter()
     state = trainer.train()
     seconds = time.perf_counter() - start
+    st.max_seq_length = own_length
     st.save(str(out))
     after = _evaluate(out, eval_task, dev, dims) if eval_task is not None else {}
     report = FinetuneReport(
@@ -261,7 +267,7 @@ def finetune(
         examples=len(dataset), steps=int(state.global_step), seconds=seconds,
         hyperparameters={"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
                          "hard_negatives": hard_negatives, "negatives_per_query": negatives_per_query,
-                         "max_steps": max_steps, "device": dev},
+                         "max_steps": max_steps, "max_seq_length": max_seq_length, "device": dev},
         data=data.source, before=before, after=after)
     _write_card(out, report)
     return report
