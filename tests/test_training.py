@@ -84,6 +84,19 @@ def test_mined_negatives_never_contain_a_positive(method, minilm_onnx):
         mine_hard_negatives(["q"], docs, [[]])
 
 
+def test_mining_never_returns_the_document_a_pair_was_cut_from():
+    from embedsmith.training import add_hard_negatives
+
+    rows = [json.loads(x) for x in (CRAN / "corpus.jsonl").read_text().splitlines()][:120]
+    full = [f"{r['title']} {r['text']}" for r in rows]
+    data = inverse_cloze([r["text"] for r in rows]).extend(load_training_data(CRAN / "corpus.jsonl"))
+    mined = add_hard_negatives(data, method="bm25", per_query=2, corpus=full)
+    assert all(len(n) == 2 for n in mined.negatives)
+    for a, p, negs in zip(mined.anchors, mined.positives, mined.negatives, strict=True):
+        for n in negs:
+            assert a not in n and p not in n, (a, n)
+
+
 def _weights(folder):
     from safetensors.numpy import load_file
 

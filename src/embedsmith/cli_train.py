@@ -73,6 +73,7 @@ def finetune(
     = None,
     hard_negatives: Annotated[str, typer.Option(help="none | bm25 | dense")] = "none",
     negatives_per_query: Annotated[int, typer.Option(help="mined negatives per example")] = 5,
+    skip_top: Annotated[int, typer.Option(help="skip each example's top mining candidates (likely positives)")] = 0,
     inverse_cloze: Annotated[bool, typer.Option(help="add pseudo-queries cut from the passages (no LLM)")] = False,
     synthetic_queries: Annotated[str | None, typer.Option(help="openai-chat:MODEL@URL: an LLM writes a query "
                                                                  "per passage ($OPENAI_API_KEY)")] = None,
@@ -100,9 +101,9 @@ def finetune(
             raise InvalidInputError(f"--matryoshka takes comma-separated integers, got {matryoshka!r}") from None
     data, corpus = _gather(train, split, inverse_cloze, synthetic_queries)
     report = run(model, data, output, loss=loss, matryoshka=dims, hard_negatives=hard_negatives,
-                 negatives_per_query=negatives_per_query, corpus=corpus, epochs=epochs, batch_size=batch_size,
-                 lr=lr, seed=seed, max_steps=max_steps, eval_task=_eval_task(eval_data, eval_split), device=device,
-                 show_progress=not as_json)
+                 negatives_per_query=negatives_per_query, skip_top=skip_top, corpus=corpus, epochs=epochs,
+                 batch_size=batch_size, lr=lr, seed=seed, max_steps=max_steps,
+                 eval_task=_eval_task(eval_data, eval_split), device=device, show_progress=not as_json)
     _print(report, as_json)
 
 

@@ -11,9 +11,10 @@ import json
 import random
 import re
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import InvalidInputError
 
@@ -54,9 +55,8 @@ def _text(value: object, path: Path, line: int, name: str) -> str:
     return value
 
 
-def read_jsonl_pairs(path: Path) -> TrainingData:
-    """``{"query", "positive", ["negative" | "negatives"]}`` or ``{"anchor", "positive"}`` per line."""
-    data = TrainingData(source=path.name)
+def _json_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) per non-empty line; anything but a JSON object stops with the line number."""
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
@@ -66,6 +66,13 @@ def read_jsonl_pairs(path: Path) -> TrainingData:
             raise InvalidInputError(f"{path}:{n}: not JSON ({exc.msg})") from None
         if not isinstance(row, dict):
             raise InvalidInputError(f"{path}:{n}: expected a JSON object")
+        yield n, row
+
+
+def read_jsonl_pairs(path: Path) -> TrainingData:
+    """``{"query", "positive", ["negative" | "negatives"]}`` or ``{"anchor", "positive"}`` per line."""
+    data = TrainingData(source=path.name)
+    for n, row in _json_rows(path):
         key = "query" if "query" in row else "anchor"
         if key not in row:
             raise InvalidInputError(f"{path}:{n}: expected a 'query' or 'anchor' field")
@@ -148,13 +155,7 @@ def read_beir(folder: Path, *, split: str = "train") -> tuple[TrainingData, dict
 def read_titled_corpus(path: Path) -> TrainingData:
     """Title -> body pairs from a JSONL corpus with ``title`` and ``text`` (self-supervised)."""
     data = TrainingData(source=f"{path.name} (title -> text)")
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InvalidInputError(f"{path}:{n}: not JSON ({exc.msg})") from None
+    for _, row in _json_rows(path):
         title, text = row.get("title"), row.get("text")
         if isinstance(title, str) and title.strip() and isinstance(text, str) and text.strip():
             data.add(title.strip(), text.strip())

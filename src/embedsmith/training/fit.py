@@ -54,29 +54,56 @@ def model_folder(model: str) -> Path:
     return p
 
 
+def _same_document(candidate: str, anchor: str, positives: Sequence[str]) -> bool:
+    """True when the candidate holds the anchor or a positive verbatim, or a positive holds it."""
+    c = " ".join(candidate.split())
+    if " ".join(anchor.split()) in c:
+        return True
+    return any((q := " ".join(p.split())) in c or c in q for p in positives)
+
+
 def add_hard_negatives(data: TrainingData, *, method: str, per_query: int, corpus: Sequence[str] = (),
                        encoder: Any = None, skip_top: int = 0, seed: int = 42) -> TrainingData:
     """Mine ``per_query`` negatives for every anchor from its positives plus ``corpus``; rows that get
-    fewer are topped up with random documents (never a positive of that anchor)."""
+    fewer are topped up with random documents. Never a positive of that anchor, nor a document holding the
+    anchor or a positive verbatim (the source of an inverse-cloze sentence or of a title)."""
     docs = list(dict.fromkeys([*corpus, *data.positives]))
     index = {d: i for i, d in enumerate(docs)}
     groups: dict[str, set[int]] = {}
     for a, p in zip(data.anchors, data.positives, strict=True):
         groups.setdefault(a, set()).add(index[p])
     anchors = list(groups)
+    # Mine more than needed: candidates that contain the anchor or a positive verbatim (the full document
+    # an inverse-cloze sentence or a title was cut from) are the same document, not negatives.
     mined = mine_hard_negatives(anchors, docs, [sorted(groups[a]) for a in anchors], method=method,
-                                k=per_query, skip_top=skip_top, encoder=encoder)
-    by_anchor = dict(zip(anchors, mined, strict=True))
+                                k=per_query * 3 + 5, skip_top=skip_top, encoder=encoder)
+    by_anchor = {}
+    for a, cands in zip(anchors, mined, strict=True):
+        own = [docs[i] for i in groups[a]]
+        keep = [i for i in cands if not _same_document(docs[i], a, own)]
+        by_anchor[a] = keep[:per_query]
     rng = random.Random(seed)
     out = TrainingData(source=f"{data.source} + {method} negatives")
     for a, p in zip(data.anchors, data.positives, strict=True):
         negs = [docs[i] for i in by_anchor[a]]
-        while len(negs) < per_query and len(docs) > len(groups[a]) + len(negs):
+        for _ in range(20 * per_query):  # top up with random documents that are not this one's
+            if len(negs) >= per_query:
+                break
             cand = rng.randrange(len(docs))
-            if cand not in groups[a] and docs[cand] not in negs:
+            if cand not in groups[a] and docs[cand] not in negs and \
+                    not _same_document(docs[cand], a, [docs[i] for i in groups[a]]):
                 negs.append(docs[cand])
         out.add(a, p, negs[:per_query])
     return out
+
+
+def _miner(method: str, folder: Path, device: str) -> Any:
+    """The base model as an encoder, for dense mining; None for BM25."""
+    if method != "dense":
+        return None
+    from ..encoders import load_encoder
+
+    return load_encoder(str(folder), backend="torch", device=device)
 
 
 def _dataset(data: TrainingData, loss: str) -> Any:
@@ -186,6 +213,7 @@ def finetune(
     matryoshka: Sequence[int] | None = None,
     hard_negatives: str = "none",
     negatives_per_query: int = 5,
+    skip_top: int = 0,
     corpus: Sequence[str] = (),
     epochs: float = 1.0,
     batch_size: int = 32,
@@ -208,6 +236,7 @@ def finetune(
             ``temperature``), triplet (needs negatives), cosent (scored pairs), contrastive.
         matryoshka: dimensions to train for truncation, e.g. (384, 256, 128, 64).
         hard_negatives: none | bm25 | dense (the base model) mined from the positives plus ``corpus``.
+        skip_top: ignore each anchor's top mining candidates (the likeliest unjudged positives).
         max_steps: stop after this many optimiser steps (overrides ``epochs``).
         max_seq_length: tokens per text while training (shorter trains faster; the saved model keeps its own).
         eval_task: an :mod:`embedsmith.evaluation` task scored before and after (with ``matryoshka``, also at
@@ -236,13 +265,8 @@ def finetune(
     if hard_negatives != "none":
         if data.scores is not None:
             raise InvalidInputError("hard negatives are mined for anchor/positive pairs, not scored pairs")
-        encoder = None
-        if hard_negatives == "dense":
-            from ..encoders import load_encoder
-
-            encoder = load_encoder(str(folder), backend="torch", device=dev)
         data = add_hard_negatives(data, method=hard_negatives, per_query=negatives_per_query, corpus=corpus,
-                                  encoder=encoder, seed=seed)
+                                  encoder=_miner(hard_negatives, folder, dev), skip_top=skip_top, seed=seed)
     torch.manual_seed(seed)
     random.seed(seed)
     st = SentenceTransformer(str(folder), device=dev, local_files_only=True)
@@ -267,7 +291,7 @@ def finetune(
         examples=len(dataset), steps=int(state.global_step), seconds=seconds,
         hyperparameters={"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
                          "hard_negatives": hard_negatives, "negatives_per_query": negatives_per_query,
-                         "max_steps": max_steps, "max_seq_length": max_seq_length, "device": dev},
+                         "skip_top": skip_top, "max_steps": max_steps, "max_seq_length": max_seq_length, "device": dev},
         data=data.source, before=before, after=after)
     _write_card(out, report)
     return report
@@ -312,13 +336,8 @@ def finetune_reranker(
         raise InvalidInputError("no training examples")
     folder = model_folder(model)
     dev = resolve_device(device)
-    encoder = None
-    if hard_negatives == "dense":
-        from ..encoders import load_encoder
-
-        encoder = load_encoder(str(folder), backend="torch", device=dev)
     mined = add_hard_negatives(data, method=hard_negatives, per_query=negatives_per_query, corpus=corpus,
-                               encoder=encoder, seed=seed)
+                               encoder=_miner(hard_negatives, folder, dev), seed=seed)
     q, p, y = [], [], []
     for a, pos, negs in zip(mined.anchors, mined.positives, mined.negatives, strict=True):
         q.append(a)
