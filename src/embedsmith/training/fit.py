@@ -8,6 +8,7 @@ with a model card recording data, loss, hyperparameters and the evaluation.
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from collections.abc import Sequence
@@ -320,11 +321,7 @@ def finetune_reranker(
     """
     require("sentence_transformers", extra="torch", what="fine-tuning")
     import torch
-    from datasets import Dataset
     from sentence_transformers import CrossEncoder
-    from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
-    from sentence_transformers.cross_encoder.trainer import CrossEncoderTrainer
-    from sentence_transformers.cross_encoder.training_args import CrossEncoderTrainingArguments
 
     from ..encoders.registry import resolve_device
 
@@ -350,19 +347,49 @@ def finetune_reranker(
     torch.manual_seed(seed)
     ce = CrossEncoder(str(folder), num_labels=1, device=dev, max_length=max_length, local_files_only=True)
     out = Path(output)
-    args = _args(CrossEncoderTrainingArguments, out, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                 max_steps=max_steps, show_progress=show_progress, device=dev)
-    pos_weight = torch.tensor(float(negatives_per_query))
-    trainer = _quiet(CrossEncoderTrainer(model=ce, args=args,
-                                         train_dataset=Dataset.from_dict({"query": q, "passage": p, "label": y}),
-                                         loss=BinaryCrossEntropyLoss(ce, pos_weight=pos_weight)), show_progress)
+    # A plain BCE loop over the Hugging Face model: sentence-transformers 6's CrossEncoderTrainer, on a
+    # cross-encoder converted from a bi-encoder folder, left rankings at chance in our runs while this
+    # loop learned (benchmarks/README.md).
+    net, tok = ce.model, ce.tokenizer
+    rows = list(zip(q, p, y, strict=True))
+    rng = random.Random(seed)
+    per_epoch = math.ceil(len(rows) / batch_size)
+    total = max_steps or max(1, math.ceil(per_epoch * epochs))
+    opt = torch.optim.AdamW(net.parameters(), lr=lr)
+    warm = max(1, total // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * max(0.0, (total - s) / max(1, total - warm)) if s >= warm
+        else (s + 1) / warm)
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(float(negatives_per_query), device=dev))
+    net.train()
     start = time.perf_counter()
-    state = trainer.train()
+    step = 0
+    from tqdm.auto import tqdm
+
+    with tqdm(total=total, desc="training reranker", disable=not show_progress) as bar:
+        while step < total:
+            rng.shuffle(rows)
+            for i in range(0, len(rows), batch_size):
+                batch = rows[i : i + batch_size]
+                enc = tok([r[0] for r in batch], [r[1] for r in batch], padding=True, truncation=True,
+                          max_length=max_length, return_tensors="pt").to(dev)
+                logits = net(**enc).logits.view(-1)
+                loss = loss_fn(logits, torch.tensor([r[2] for r in batch], device=dev))
+                loss.backward()
+                opt.step()
+                sched.step()
+                opt.zero_grad()
+                step += 1
+                bar.update(1)
+                if step >= total:
+                    break
+    net.eval()
     seconds = time.perf_counter() - start
+    out.mkdir(parents=True, exist_ok=True)
     ce.save(str(out))
     report = FinetuneReport(
         output=str(out), base_model=str(model), loss="binary cross-entropy (cross-encoder)", examples=len(q),
-        steps=int(state.global_step), seconds=seconds,
+        steps=step, seconds=seconds,
         hyperparameters={"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
                          "hard_negatives": hard_negatives, "negatives_per_query": negatives_per_query,
                          "max_length": max_length, "max_steps": max_steps, "device": dev},
