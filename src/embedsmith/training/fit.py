@@ -357,9 +357,9 @@ def finetune_reranker(
     total = max_steps or max(1, math.ceil(per_epoch * epochs))
     opt = torch.optim.AdamW(net.parameters(), lr=lr)
     warm = max(1, total // 10)
+    # Linear warm-up over the first tenth, then linear decay to zero.
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * max(0.0, (total - s) / max(1, total - warm)) if s >= warm
-        else (s + 1) / warm)
+        opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (total - s) / max(1, total - warm)))
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(float(negatives_per_query), device=dev))
     net.train()
     start = time.perf_counter()
