@@ -68,7 +68,7 @@ def finetune(
     train: TrainOpt,
     output: OutputOpt,
     model: ModelOpt = "minilm",
-    loss: Annotated[str, typer.Option(help="mnrl | cached-mnrl | infonce | triplet | cosent | contrastive")] = "mnrl",
+    loss: Annotated[str, typer.Option(help="mnrl | cached-mnrl | infonce | triplet | cosent | cosine | contrastive")] = "mnrl",
     matryoshka: Annotated[str | None, typer.Option(help="dims to train for truncation, e.g. 384,256,128,64")]
     = None,
     hard_negatives: Annotated[str, typer.Option(help="none | bm25 | dense")] = "none",

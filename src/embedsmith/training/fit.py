@@ -20,7 +20,7 @@ from ..errors import InvalidInputError, require
 from .data import TrainingData
 from .mining import mine_hard_negatives
 
-LOSSES = ("mnrl", "cached-mnrl", "infonce", "triplet", "cosent", "contrastive")
+LOSSES = ("mnrl", "cached-mnrl", "infonce", "triplet", "cosent", "cosine", "contrastive")
 
 
 @dataclass
@@ -110,9 +110,9 @@ def _miner(method: str, folder: Path, device: str) -> Any:
 def _dataset(data: TrainingData, loss: str) -> Any:
     from datasets import Dataset
 
-    if loss == "cosent":
+    if loss in ("cosent", "cosine"):
         if data.scores is None:
-            raise InvalidInputError("cosent needs scored pairs (sentence1,sentence2,score)")
+            raise InvalidInputError(f"{loss} needs scored pairs (sentence1,sentence2,score)")
         return Dataset.from_dict({"sentence1": data.anchors, "sentence2": data.positives, "score": data.scores})
     if loss == "contrastive":
         s1, s2, lab = [], [], []
@@ -128,7 +128,7 @@ def _dataset(data: TrainingData, loss: str) -> Any:
             raise InvalidInputError("contrastive loss needs negative pairs: use --hard-negatives or scored pairs")
         return Dataset.from_dict({"sentence1": s1, "sentence2": s2, "label": lab})
     if data.scores is not None:
-        raise InvalidInputError(f"{loss} needs anchor/positive pairs; scored pairs train with cosent or contrastive")
+        raise InvalidInputError(f"{loss} needs anchor/positive pairs; scored pairs train with cosent, cosine or contrastive")
     cols: dict[str, list[str]] = {"anchor": data.anchors, "positive": data.positives}
     n_neg = min((len(n) for n in data.negatives), default=0)
     if loss == "triplet":
@@ -149,6 +149,7 @@ def _loss(model: Any, loss: str, matryoshka: Sequence[int] | None, temperature: 
         "cached-mnrl": lambda: losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=16),
         "triplet": lambda: losses.TripletLoss(model),
         "cosent": lambda: losses.CoSENTLoss(model),
+        "cosine": lambda: losses.CosineSimilarityLoss(model),
         "contrastive": lambda: losses.ContrastiveLoss(model),
     }[loss]()
     if matryoshka:
@@ -234,7 +235,7 @@ def finetune(
         data: training pairs (see :func:`~embedsmith.training.load_training_data`).
         loss: mnrl (multiple negatives ranking: InfoNCE with in-batch negatives, the usual choice),
             cached-mnrl (the same with gradient caching, for large batches), infonce (mnrl with an explicit
-            ``temperature``), triplet (needs negatives), cosent (scored pairs), contrastive.
+            ``temperature``), triplet (needs negatives), cosent or cosine (scored pairs, 0..1), contrastive.
         matryoshka: dimensions to train for truncation, e.g. (384, 256, 128, 64).
         hard_negatives: none | bm25 | dense (the base model) mined from the positives plus ``corpus``.
         skip_top: ignore each anchor's top mining candidates (the likeliest unjudged positives).
