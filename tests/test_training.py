@@ -140,9 +140,15 @@ def test_tiny_reranker_and_cli(tmp_path):
     assert rep.steps == 2 and rep.examples == 32
     logits = Reranker(tmp_path / "ce").logits("wing flutter", ["flutter of wings", "heat in slabs"])
     assert len(logits) == 2 and np.isfinite(logits).all()
+    rep = finetune_reranker("minilm", data, tmp_path / "ce-list", loss="listwise", max_steps=1, batch_size=6,
+                            negatives_per_query=1, random_negatives=1, corpus=titled.positives, device="cpu")
+    assert rep.steps == 1 and rep.examples == 48 and "listwise" in rep.loss and "1 random negatives" in rep.data
+    with pytest.raises(InvalidInputError, match="unknown reranker loss 'hinge'"):
+        finetune_reranker("minilm", data, tmp_path / "x", loss="hinge", corpus=titled.positives)
 
     res = json.loads(run("finetune", "--train", str(CRAN / "corpus.jsonl"), "--output", str(tmp_path / "cli"),
                          "--max-steps", "2", "--batch-size", "8", "--inverse-cloze", "--device", "cpu",
+                         "--max-seq-length", "64",
                          "--json").stdout)
     assert res["steps"] == 2 and "inverse cloze" in res["data"]
     bad = run("finetune", "--train", str(tmp_path / "nope.jsonl"), "--output", str(tmp_path / "x"), check=False)
@@ -186,3 +192,18 @@ def test_synthetic_queries_against_a_local_fake_server():
             synthetic_queries(["x"], "openai-chat:tiny@http://127.0.0.1:9", retries=2, timeout=1)
     finally:
         server.shutdown()
+
+
+def test_scored_pair_losses_take_scored_pairs_only(tmp_path):
+    from embedsmith.training.fit import _dataset
+
+    sts = tmp_path / "sts.csv"
+    sts.write_text("a cat sits,a cat rests,4.5\na cat sits,stocks fell,0.5\n")
+    scored = load_training_data(sts)
+    for loss in ("cosent", "cosine"):
+        ds = _dataset(scored, loss)
+        assert ds.column_names == ["sentence1", "sentence2", "score"] and ds["score"] == [0.9, 0.1]
+        with pytest.raises(InvalidInputError, match=f"{loss} needs scored pairs"):
+            _dataset(TrainingData(["q"], ["p"], [[]], source="x"), loss)
+    with pytest.raises(InvalidInputError, match="cosent, cosine or contrastive"):
+        _dataset(scored, "mnrl")

@@ -68,7 +68,8 @@ def finetune(
     train: TrainOpt,
     output: OutputOpt,
     model: ModelOpt = "minilm",
-    loss: Annotated[str, typer.Option(help="mnrl | cached-mnrl | infonce | triplet | cosent | cosine | contrastive")] = "mnrl",
+    loss: Annotated[str, typer.Option(help="mnrl | cached-mnrl | infonce | triplet | cosent | cosine | "
+                                           "contrastive")] = "mnrl",
     matryoshka: Annotated[str | None, typer.Option(help="dims to train for truncation, e.g. 384,256,128,64")]
     = None,
     hard_negatives: Annotated[str, typer.Option(help="none | bm25 | dense")] = "none",
@@ -81,6 +82,8 @@ def finetune(
     epochs: Annotated[float, typer.Option(help="passes over the data")] = 1.0,
     batch_size: Annotated[int, typer.Option(help="examples per step (in-batch negatives for mnrl)")] = 32,
     lr: Annotated[float, typer.Option(help="learning rate")] = 2e-5,
+    max_seq_length: Annotated[int | None, typer.Option(help="tokens per text while training (default: the "
+                                                             "model's)")] = None,
     max_steps: Annotated[int | None, typer.Option(help="stop after N steps")] = None,
     seed: Annotated[int, typer.Option(help="random seed")] = 42,
     eval_data: Annotated[Path | None, typer.Option("--eval", help="BEIR folder or STS file, scored before/after")]
@@ -102,7 +105,7 @@ def finetune(
     data, corpus = _gather(train, split, inverse_cloze, synthetic_queries)
     report = run(model, data, output, loss=loss, matryoshka=dims, hard_negatives=hard_negatives,
                  negatives_per_query=negatives_per_query, skip_top=skip_top, corpus=corpus, epochs=epochs,
-                 batch_size=batch_size, lr=lr, seed=seed, max_steps=max_steps,
+                 batch_size=batch_size, lr=lr, seed=seed, max_steps=max_steps, max_seq_length=max_seq_length,
                  eval_task=_eval_task(eval_data, eval_split), device=device, show_progress=not as_json)
     _print(report, as_json)
 
@@ -113,11 +116,15 @@ def finetune_reranker(
     model: ModelOpt = "minilm",
     hard_negatives: Annotated[str, typer.Option(help="bm25 | dense")] = "bm25",
     negatives_per_query: Annotated[int, typer.Option(help="mined negatives per example")] = 5,
+    random_negatives: Annotated[int, typer.Option(help="random (easy) negatives per example")] = 0,
+    loss: Annotated[str, typer.Option(help="bce | listwise")] = "bce",
+    max_length: Annotated[int, typer.Option(help="tokens per (query, text) pair while training")] = 256,
     inverse_cloze: Annotated[bool, typer.Option(help="add pseudo-queries cut from the passages (no LLM)")] = False,
     split: Annotated[str, typer.Option(help="qrels split of BEIR training folders")] = "train",
     epochs: Annotated[float, typer.Option(help="passes over the data")] = 1.0,
     batch_size: Annotated[int, typer.Option(help="pairs per step")] = 16,
-    lr: Annotated[float, typer.Option(help="learning rate")] = 2e-5,
+    lr: Annotated[float, typer.Option(help="learning rate of the encoder")] = 1e-4,
+    head_lr: Annotated[float, typer.Option(help="learning rate of the new classification head")] = 1e-3,
     max_steps: Annotated[int | None, typer.Option(help="stop after N steps")] = None,
     seed: Annotated[int, typer.Option(help="random seed")] = 42,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
@@ -128,6 +135,7 @@ def finetune_reranker(
 
     data, corpus = _gather(train, split, inverse_cloze, None)
     report = run(model, data, output, hard_negatives=hard_negatives, negatives_per_query=negatives_per_query,
-                 corpus=corpus, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, max_steps=max_steps,
+                 random_negatives=random_negatives, loss=loss, max_length=max_length, corpus=corpus,
+                 epochs=epochs, batch_size=batch_size, lr=lr, head_lr=head_lr, seed=seed, max_steps=max_steps,
                  device=device, show_progress=not as_json)
     _print(report, as_json)
