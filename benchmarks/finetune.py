@@ -114,7 +114,7 @@ def cranfield(runs: tuple[tuple[str, int], ...] = (("bm25", 0), ("none", 0))) ->
               f"| [{lo:+.4f}, {hi:+.4f}] | {rep.seconds:.0f} | {rep.steps} |", flush=True)
 
 
-def reranker() -> None:
+def reranker(steps: int = 480) -> None:
     from embedsmith import load_encoder
     from embedsmith.evaluation import RetrievalTask
     from embedsmith.rerankers import Reranker
@@ -139,7 +139,7 @@ def reranker() -> None:
     out = Path(tempfile.mkdtemp(prefix="ft-ce-"))
     rep = finetune_reranker("minilm", data, out, loss="listwise", hard_negatives="dense", negatives_per_query=3,
                             random_negatives=1, corpus=corpus, batch_size=16, lr=1e-4, head_lr=1e-3,
-                            max_length=96, max_steps=480, device="cpu")
+                            max_length=96, max_steps=steps, device="cpu")
     first = dense_run(val, load_encoder("minilm", backend="torch", device="cpu"))
     ce = Reranker(out, max_length=256)
     start = time.perf_counter()
@@ -214,9 +214,10 @@ def sts(loss: str = "cosent", lr: float = 2e-5) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--parts", default="cranfield,reranker,banking,sts")
+    ap.add_argument("--parts", default="cranfield,reranker,banking,sts,sts-cosine")
+    ap.add_argument("--reranker-steps", type=int, default=480, help="training steps of the reranker part")
     args = ap.parse_args()
-    parts = {"cranfield": cranfield, "reranker": reranker, "banking": banking, "sts": sts,
+    parts = {"cranfield": cranfield, "reranker": lambda: reranker(args.reranker_steps), "banking": banking, "sts": sts,
              "cranfield-bm25": lambda: cranfield((("bm25", 0),)),
              "sts-cosine": lambda: sts("cosine"), "sts-cosent-low-lr": lambda: sts("cosent", 5e-6)}
     for name in args.parts.split(","):

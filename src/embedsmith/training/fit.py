@@ -1,8 +1,10 @@
-"""Fine-tuning on top of sentence-transformers' trainers (we never re-implement the training loop).
+"""Fine-tuning: bi-encoders on sentence-transformers' trainer, cross-encoders on a plain loop.
 
-:func:`finetune` trains a bi-encoder, :func:`finetune_reranker` a cross-encoder; both mine hard negatives
-when asked, evaluate before and after when given a task, and write a normal sentence-transformers folder
-with a model card recording data, loss, hyperparameters and the evaluation.
+:func:`finetune` trains a bi-encoder with ``SentenceTransformerTrainer``. :func:`finetune_reranker` trains a
+cross-encoder with a short loop over the Hugging Face model, because it needs a separate learning rate for
+the new head and a listwise loss over mined groups (see its docstring). Both mine hard negatives and
+write a normal sentence-transformers folder with a model card recording data, loss and hyperparameters;
+:func:`finetune` also evaluates before and after when given a task, and the card records both.
 """
 
 from __future__ import annotations
