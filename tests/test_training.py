@@ -145,6 +145,8 @@ def test_tiny_reranker_and_cli(tmp_path):
     assert rep.steps == 1 and rep.examples == 48 and "listwise" in rep.loss and "1 random negatives" in rep.data
     with pytest.raises(InvalidInputError, match="unknown reranker loss 'hinge'"):
         finetune_reranker("minilm", data, tmp_path / "x", loss="hinge", corpus=titled.positives)
+    with pytest.raises(InvalidInputError, match="batch_size must be >= 1"):
+        finetune_reranker("minilm", data, tmp_path / "x", batch_size=0, corpus=titled.positives)
 
     res = json.loads(run("finetune", "--train", str(CRAN / "corpus.jsonl"), "--output", str(tmp_path / "cli"),
                          "--max-steps", "2", "--batch-size", "8", "--inverse-cloze", "--device", "cpu",

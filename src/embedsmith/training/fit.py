@@ -349,6 +349,8 @@ def finetune_reranker(
     if negatives_per_query < 1 or random_negatives < 0:
         raise InvalidInputError(f"negatives_per_query must be >= 1 and random_negatives >= 0, got "
                                 f"{negatives_per_query} and {random_negatives}")
+    if batch_size < 1 or max_length < 8:
+        raise InvalidInputError(f"batch_size must be >= 1 and max_length >= 8, got {batch_size} and {max_length}")
     if not len(data):
         raise InvalidInputError("no training examples")
     folder = model_folder(model)
