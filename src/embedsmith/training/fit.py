@@ -65,6 +65,21 @@ def _same_document(candidate: str, anchor: str, positives: Sequence[str]) -> boo
     return any((q := " ".join(p.split())) in c or c in q for p in positives)
 
 
+def _random_documents(rng: random.Random, docs: Sequence[str], anchor: str, positives: Sequence[str],
+                      taken: Sequence[str], n: int) -> list[str]:
+    """Up to ``n`` random documents that are not a positive of ``anchor``, not in ``taken``, and not the
+    document the anchor or a positive was cut from."""
+    out: list[str] = []
+    for _ in range(20 * n):
+        if len(out) >= n:
+            break
+        cand = docs[rng.randrange(len(docs))]
+        if cand not in positives and cand not in taken and cand not in out \
+                and not _same_document(cand, anchor, positives):
+            out.append(cand)
+    return out
+
+
 def add_hard_negatives(data: TrainingData, *, method: str, per_query: int, corpus: Sequence[str] = (),
                        encoder: Any = None, skip_top: int = 0, seed: int = 42) -> TrainingData:
     """Mine ``per_query`` negatives for every anchor from its positives plus ``corpus``; rows that get
@@ -89,13 +104,8 @@ def add_hard_negatives(data: TrainingData, *, method: str, per_query: int, corpu
     out = TrainingData(source=f"{data.source} + {method} negatives")
     for a, p in zip(data.anchors, data.positives, strict=True):
         negs = [docs[i] for i in by_anchor[a]]
-        for _ in range(20 * per_query):  # top up with random documents that are not this one's
-            if len(negs) >= per_query:
-                break
-            cand = rng.randrange(len(docs))
-            if cand not in groups[a] and docs[cand] not in negs and \
-                    not _same_document(docs[cand], a, [docs[i] for i in groups[a]]):
-                negs.append(docs[cand])
+        own = [docs[i] for i in groups[a]]  # top up with random documents that are not this one's
+        negs += _random_documents(rng, docs, a, own, negs, per_query - len(negs))
         out.add(a, p, negs[:per_query])
     return out
 
@@ -329,7 +339,7 @@ def finetune_reranker(
 
     Losses: ``bce`` (binary cross-entropy per pair, positives weighted by the negatives per positive) or
     ``listwise`` (softmax cross-entropy over each positive and its negatives, the "localised contrastive"
-    loss of Gao et al. 2021; it ranks better than BCE at the same number of steps in our runs). The
+    loss of Gao et al. 2021; our best Cranfield runs used it, see benchmarks/README.md). The
     classification head is new, so it learns at ``head_lr`` while the encoder learns at ``lr``.
     ``batch_size`` counts (query, text) pairs. The result loads with :class:`embedsmith.Reranker` and
     sentence-transformers' ``CrossEncoder``.
@@ -359,23 +369,16 @@ def finetune_reranker(
                                encoder=_miner(hard_negatives, folder, dev), seed=seed)
     rng = random.Random(seed)
     docs = list(dict.fromkeys([*corpus, *data.positives]))
-    own: dict[str, set[str]] = {}
+    own: dict[str, list[str]] = {}
     for a, pos in zip(data.anchors, data.positives, strict=True):
-        own.setdefault(a, set()).add(pos)
+        own.setdefault(a, []).append(pos)
     # Each group: (query, [positive, negatives...]); easy random negatives keep the model from learning
     # "sharing words with the query means irrelevant" from hard negatives alone.
-    groups: list[tuple[str, list[str]]] = []
-    for a, pos, negs in zip(mined.anchors, mined.positives, mined.negatives, strict=True):
-        extra: list[str] = []
-        for _ in range(50 * random_negatives):
-            if len(extra) >= random_negatives:
-                break
-            cand = docs[rng.randrange(len(docs))]
-            if cand not in own[a] and cand not in negs and cand not in extra and not _same_document(cand, a, [pos]):
-                extra.append(cand)
-        groups.append((a, [pos, *negs, *extra]))
+    groups = [(a, [pos, *negs, *_random_documents(rng, docs, a, own[a], negs, random_negatives)])
+              for a, pos, negs in zip(mined.anchors, mined.positives, mined.negatives, strict=True)]
     width = max(len(g[1]) for g in groups)
-    groups = [g for g in groups if len(g[1]) == width]  # a corpus too small to fill every group
+    if loss == "listwise":  # one softmax per group needs equal groups; a tiny corpus may leave some short
+        groups = [g for g in groups if len(g[1]) == width]
     if loss == "bce":
         units: list[Any] = [(a, t, float(j == 0)) for a, texts in groups for j, t in enumerate(texts)]
         per_batch = batch_size
