@@ -148,6 +148,27 @@ def test_tiny_reranker_and_cli(tmp_path):
     with pytest.raises(InvalidInputError, match="batch_size must be >= 1"):
         finetune_reranker("minilm", data, tmp_path / "x", batch_size=0, corpus=titled.positives)
 
+    # With --eval, the first stage's top 10 (so its nDCG@10 is the full ranking's) is scored against the
+    # same candidates reranked, and the CLI warns when the reranker makes the ranking worse.
+    out = run("finetune-reranker", "--train", str(CRAN / "corpus.jsonl"), "--output", str(tmp_path / "ce-eval"),
+              "--max-steps", "1", "--batch-size", "4", "--negatives-per-query", "1", "--max-length", "64",
+              "--eval", str(CRAN), "--candidates", "10", "--device", "cpu", "--json")
+    res = json.loads(out.stdout)
+    from embedsmith import load_encoder
+    from embedsmith.evaluation import RetrievalTask
+
+    first = RetrievalTask.from_beir(CRAN, split="dev").evaluate(load_encoder("minilm", backend="torch",
+                                                                              device="cpu"))
+    assert res["before"]["ndcg_at_10"] == pytest.approx(first.scores["ndcg_at_10"], abs=1e-4)
+    assert 0.0 <= res["after"]["ndcg_at_10"] <= 1.0 and set(res["after"]) == {"ndcg_at_10", "mrr_at_10"}
+    assert res["hyperparameters"]["candidates"] == 10
+    worse = res["after"]["ndcg_at_10"] < res["before"]["ndcg_at_10"]
+    assert ("lowers nDCG@10" in out.stderr) == worse
+    assert "reranked" in (tmp_path / "ce-eval" / "README.md").read_text()
+    bad = run("finetune-reranker", "--train", str(CRAN / "corpus.jsonl"), "--output", str(tmp_path / "x"),
+              "--eval", str(CRAN / "queries.jsonl"), check=False)
+    assert bad.returncode == 1 and "takes a BEIR folder" in bad.stderr and "Traceback" not in bad.stderr
+
     res = json.loads(run("finetune", "--train", str(CRAN / "corpus.jsonl"), "--output", str(tmp_path / "cli"),
                          "--max-steps", "2", "--batch-size", "8", "--inverse-cloze", "--device", "cpu",
                          "--max-seq-length", "64",

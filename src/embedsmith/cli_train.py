@@ -127,15 +127,33 @@ def finetune_reranker(
     head_lr: Annotated[float, typer.Option(help="learning rate of the new classification head")] = 1e-3,
     max_steps: Annotated[int | None, typer.Option(help="stop after N steps")] = None,
     seed: Annotated[int, typer.Option(help="random seed")] = 42,
+    eval_data: Annotated[Path | None, typer.Option("--eval", help="BEIR folder: first stage vs reranked")] = None,
+    eval_split: Annotated[str, typer.Option(help="qrels split of the --eval folder")] = "dev",
+    first_stage: Annotated[str | None, typer.Option(help="bi-encoder retrieving the candidates at evaluation "
+                                                         "(default: --model)")] = None,
+    candidates: Annotated[int, typer.Option(help="first-stage candidates reranked at evaluation")] = 100,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
 ) -> None:
-    """Train a cross-encoder reranker on positives and mined negatives (usable with --rerank)."""
+    """Train a cross-encoder reranker on positives and mined negatives (usable with --rerank).
+
+    With --eval, the first stage's ranking of the evaluation queries is scored against the same
+    candidates reranked, and a warning says so when the reranker makes the ranking worse.
+    """
+    from .errors import InvalidInputError
     from .training import finetune_reranker as run
 
+    if eval_data is not None and not eval_data.is_dir():
+        raise InvalidInputError(f"--eval for a reranker takes a BEIR folder, got {str(eval_data)!r}")
+    task = _eval_task(eval_data, eval_split)
     data, corpus = _gather(train, split, inverse_cloze, None)
     report = run(model, data, output, hard_negatives=hard_negatives, negatives_per_query=negatives_per_query,
                  random_negatives=random_negatives, loss=loss, max_length=max_length, corpus=corpus,
                  epochs=epochs, batch_size=batch_size, lr=lr, head_lr=head_lr, seed=seed, max_steps=max_steps,
+                 eval_task=task, first_stage=first_stage, candidates=candidates,
                  device=device, show_progress=not as_json)
     _print(report, as_json)
+    before, after = report.before.get("ndcg_at_10"), report.after.get("ndcg_at_10")
+    if before is not None and after is not None and after < before:
+        typer.echo(f"warning: the trained reranker lowers nDCG@10 on {eval_data} from {before:.4f} (first stage) "
+                   f"to {after:.4f}; do not rerank with it as it is", err=True)

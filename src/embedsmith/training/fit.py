@@ -181,6 +181,35 @@ def _evaluate(folder: str | Path, task: Any, device: str, dims: Sequence[int] = 
     return out
 
 
+def _first_stage(retriever: Path, task: Any, device: str, k: int) -> dict[str, list[str]]:
+    """Each query's top ``k`` document ids by the bi-encoder in ``retriever`` (exact cosine)."""
+    from ..encoders import load_encoder
+
+    enc = load_encoder(str(retriever), backend="torch", device=device)
+
+    def embed(texts: Sequence[str], kind: str | None = None) -> Any:
+        return enc.encode(list(texts), kind=kind)
+
+    return task.rank(*task.encode(embed), k=k)
+
+
+def _rerank_scores(task: Any, first: dict[str, list[str]], reranker: Path,
+                   device: str) -> tuple[dict[str, float], dict[str, float]]:
+    """Scores of the first-stage ranking and of the same candidates reordered by ``reranker``."""
+    import numpy as np
+
+    from ..rerankers import Reranker
+
+    ce = Reranker(reranker, backend="torch", device=device)
+    reranked = {}
+    for qid, ids in first.items():
+        logits = ce.logits(task.queries[qid], [task.corpus[d] for d in ids])
+        reranked[qid] = [ids[i] for i in np.argsort(-logits, kind="stable")]
+    keys = ("ndcg_at_10", "mrr_at_10")
+    a, b = task.score_run(first), task.score_run(reranked)
+    return {k: a[k] for k in keys if k in a}, {k: b[k] for k in keys if k in b}
+
+
 def _write_card(output: Path, report: FinetuneReport) -> None:
     lines = [
         "# Fine-tuned with embedsmith",
@@ -192,7 +221,10 @@ def _write_card(output: Path, report: FinetuneReport) -> None:
         "- hyperparameters: " + ", ".join(f"{k}={v}" for k, v in report.hyperparameters.items()),
     ]
     if report.before or report.after:
-        lines += ["", "| metric | before | after |", "|---|---:|---:|"]
+        reranker = "candidates" in report.hyperparameters
+        head = (f"| metric | first stage (top {report.hyperparameters['candidates']}) | reranked |" if reranker
+                else "| metric | before | after |")
+        lines += ["", head, "|---|---:|---:|"]
         for k in report.before:
             lines.append(f"| {k} | {report.before[k]:.4f} | {report.after.get(k, float('nan')):.4f} |")
     card = output / "README.md"
@@ -332,6 +364,9 @@ def finetune_reranker(
     max_length: int = 256,
     seed: int = 42,
     max_steps: int | None = None,
+    eval_task: Any = None,
+    first_stage: str | None = None,
+    candidates: int = 100,
     device: str = "auto",
     show_progress: bool = False,
 ) -> FinetuneReport:
@@ -343,6 +378,11 @@ def finetune_reranker(
     classification head is new, so it learns at ``head_lr`` while the encoder learns at ``lr``.
     ``batch_size`` counts (query, text) pairs. The result loads with :class:`embedsmith.Reranker` and
     sentence-transformers' ``CrossEncoder``.
+
+    With ``eval_task`` (a :class:`~embedsmith.evaluation.RetrievalTask`), the ``first_stage`` bi-encoder
+    (default: ``model``) retrieves each query's top ``candidates``; ``before`` scores that ranking and
+    ``after`` the same candidates reordered by the trained reranker. A reranker trained from a bi-encoder on
+    little data can rank worse than its first stage (benchmarks/README.md), so check ``after`` before use.
     """
     require("sentence_transformers", extra="torch", what="fine-tuning")
     import torch
@@ -361,10 +401,18 @@ def finetune_reranker(
                                 f"{negatives_per_query} and {random_negatives}")
     if batch_size < 1 or max_length < 8:
         raise InvalidInputError(f"batch_size must be >= 1 and max_length >= 8, got {batch_size} and {max_length}")
+    if candidates < 1:
+        raise InvalidInputError(f"candidates must be >= 1, got {candidates}")
+    if eval_task is not None and getattr(eval_task, "task_type", None) != "retrieval":
+        raise InvalidInputError(f"a reranker is evaluated on a retrieval task (a BEIR folder), got "
+                                f"{getattr(eval_task, 'task_type', type(eval_task).__name__)!r}")
     if not len(data):
         raise InvalidInputError("no training examples")
     folder = model_folder(model)
+    retriever = model_folder(first_stage) if first_stage else folder
     dev = resolve_device(device)
+    # First-stage candidates and their score, before any training (the same for every reranker).
+    first = _first_stage(retriever, eval_task, dev, candidates) if eval_task is not None else None
     mined = add_hard_negatives(data, method=hard_negatives, per_query=negatives_per_query, corpus=corpus,
                                encoder=_miner(hard_negatives, folder, dev), seed=seed)
     rng = random.Random(seed)
@@ -440,13 +488,16 @@ def finetune_reranker(
     ce.save(str(out))
     names = {"bce": "binary cross-entropy (cross-encoder)",
              "listwise": "listwise softmax cross-entropy (cross-encoder)"}
+    before, after = ({}, {}) if first is None else _rerank_scores(eval_task, first, out, dev)
     report = FinetuneReport(
         output=str(out), base_model=str(model), loss=names[loss], examples=sum(len(g[1]) for g in groups),
-        steps=step, seconds=seconds,
+        steps=step, seconds=seconds, before=before, after=after,
         hyperparameters={"epochs": epochs, "batch_size": batch_size, "lr": lr, "head_lr": head_lr, "seed": seed,
                          "hard_negatives": hard_negatives, "negatives_per_query": negatives_per_query,
                          "random_negatives": random_negatives, "max_length": max_length,
-                         "max_steps": max_steps, "device": dev},
+                         "max_steps": max_steps, "device": dev,
+                         **({"first_stage": str(first_stage or model), "candidates": candidates}
+                            if eval_task is not None else {})},
         data=mined.source + (f" + {random_negatives} random negatives" if random_negatives else ""))
     _write_card(out, report)
     return report
