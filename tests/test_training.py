@@ -103,6 +103,33 @@ def _weights(folder):
     return load_file(str(next(folder.rglob("model.safetensors"))))
 
 
+def test_mine_negatives_cli_writes_jsonl_that_finetune_reads(tmp_path):
+    out = tmp_path / "mined" / "negatives.jsonl"
+    res = run("mine-negatives", "--train", str(CRAN), "--split", "dev", "--output", str(out),
+              "--negatives-per-query", "3", "--skip-top", "1")
+    assert "rows with 3 bm25 negatives" in res.stderr
+    pairs, docs, _ = read_beir(CRAN, split="dev")
+    positives: dict[str, set[str]] = {}
+    for a, p in zip(pairs.anchors, pairs.positives, strict=True):
+        positives.setdefault(a, set()).add(p)
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(rows) == len(pairs) and not list(out.parent.glob("*.part"))
+    corpus = set(docs.values())
+    for r in rows:
+        assert len(r["negatives"]) == 3 and len(set(r["negatives"])) == 3
+        assert not positives[r["query"]] & set(r["negatives"])  # never a positive of that query
+        assert set(r["negatives"]) <= corpus
+    back = load_training_data(out)
+    assert back.anchors == [r["query"] for r in rows] and back.negatives[0] == rows[0]["negatives"]
+    bad = run("mine-negatives", "--train", str(CRAN), "--split", "dev", "--output", str(tmp_path / "x.jsonl"),
+              "--method", "splade", check=False)
+    assert bad.returncode == 1 and "unknown mining method 'splade'" in bad.stderr
+    assert not (tmp_path / "x.jsonl").exists()
+    bad = run("mine-negatives", "--train", str(CRAN), "--split", "dev", "--output", str(tmp_path / "x.jsonl"),
+              "--negatives-per-query", "0", check=False)
+    assert bad.returncode == 1 and "must be >= 1" in bad.stderr
+
+
 @pytest.mark.slow
 def test_tiny_finetune_changes_weights_and_loads_everywhere(tmp_path):
     from sentence_transformers import SentenceTransformer

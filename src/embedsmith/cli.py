@@ -447,13 +447,14 @@ def serve(
 
 from .cli_analysis import analogy, classify, cluster  # noqa: E402  (registered after the commands above)
 from .cli_eval import eval_app  # noqa: E402
-from .cli_train import finetune, finetune_reranker  # noqa: E402
+from .cli_train import finetune, finetune_reranker, mine_negatives  # noqa: E402
 
 app.command()(cluster)
 app.command()(classify)
 app.command()(analogy)
 app.command()(finetune)
 app.command("finetune-reranker")(finetune_reranker)
+app.command("mine-negatives")(mine_negatives)
 app.add_typer(eval_app, name="eval")
 
 

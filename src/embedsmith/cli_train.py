@@ -157,3 +157,55 @@ def finetune_reranker(
     if before is not None and after is not None and after < before:
         typer.echo(f"warning: the trained reranker lowers nDCG@10 on {eval_data} from {before:.4f} (first stage) "
                    f"to {after:.4f}; do not rerank with it as it is", err=True)
+
+
+def mine_negatives(
+    train: TrainOpt,
+    output: Annotated[Path, typer.Option(help="JSONL file to write: query, positive, negatives")],
+    method: Annotated[str, typer.Option(help="bm25 | dense")] = "bm25",
+    model: ModelOpt = "minilm",
+    negatives_per_query: Annotated[int, typer.Option(help="negatives per (query, positive) pair")] = 5,
+    skip_top: Annotated[int, typer.Option(help="skip each query's top candidates (likely unjudged positives)")]
+    = 0,
+    margin: Annotated[float | None, typer.Option(help="false-negative guard: dense skips candidates within "
+                                                       "MARGIN of the positive's cosine (default 0.05); bm25 "
+                                                       "skips those above (1 - MARGIN) x its score")] = None,
+    inverse_cloze: Annotated[bool, typer.Option(help="add pseudo-queries cut from the passages (no LLM)")] = False,
+    split: Annotated[str, typer.Option(help="qrels split of BEIR training folders")] = "train",
+    seed: Annotated[int, typer.Option(help="random seed (for rows topped up with random documents)")] = 42,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda (dense mining)")] = "auto",
+) -> None:
+    """Mine hard negatives into a JSONL that finetune reads back (inspect them before training).
+
+    Candidates are never a positive of their query, nor the document a pair was cut from; rows where
+    fewer survive the guards are topped up with random documents.
+    """
+    import tempfile
+
+    from .encoders.registry import resolve_device
+    from .errors import InvalidInputError
+    from .training.fit import _miner, add_hard_negatives, model_folder
+
+    if method not in ("bm25", "dense"):
+        raise InvalidInputError(f"unknown mining method {method!r}; expected bm25 or dense")
+    data, corpus = _gather(train, split, inverse_cloze, None)
+    if data.scores is not None:
+        raise InvalidInputError("scored pairs have no positives to mine negatives for")
+    if not len(data):
+        raise InvalidInputError("no training examples")
+    encoder = _miner(method, model_folder(model), resolve_device(device)) if method == "dense" else None
+    mined = add_hard_negatives(data, method=method, per_query=negatives_per_query, corpus=corpus, encoder=encoder,
+                               skip_top=skip_top, margin=margin, seed=seed)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    # Written beside the target and renamed: an interrupted run never leaves a half-written file.
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=output.parent, suffix=".part",
+                                     delete=False) as tmp:
+        try:
+            for a, p, negs in zip(mined.anchors, mined.positives, mined.negatives, strict=True):
+                tmp.write(json.dumps({"query": a, "positive": p, "negatives": negs}, ensure_ascii=False) + "\n")
+        except BaseException:
+            tmp.close()
+            os.unlink(tmp.name)
+            raise
+    os.replace(tmp.name, output)
+    typer.echo(f"{len(mined)} rows with {negatives_per_query} {method} negatives each -> {output}", err=True)

@@ -81,10 +81,14 @@ def _random_documents(rng: random.Random, docs: Sequence[str], anchor: str, posi
 
 
 def add_hard_negatives(data: TrainingData, *, method: str, per_query: int, corpus: Sequence[str] = (),
-                       encoder: Any = None, skip_top: int = 0, seed: int = 42) -> TrainingData:
+                       encoder: Any = None, skip_top: int = 0, margin: float | None = None,
+                       seed: int = 42) -> TrainingData:
     """Mine ``per_query`` negatives for every anchor from its positives plus ``corpus``; rows that get
     fewer are topped up with random documents. Never a positive of that anchor, nor a document holding the
-    anchor or a positive verbatim (the source of an inverse-cloze sentence or of a title)."""
+    anchor or a positive verbatim (the source of an inverse-cloze sentence or of a title). ``skip_top``
+    and ``margin`` are :func:`mine_hard_negatives`' false-negative guards."""
+    if per_query < 1:
+        raise InvalidInputError(f"negatives per query must be >= 1, got {per_query}")
     docs = list(dict.fromkeys([*corpus, *data.positives]))
     index = {d: i for i, d in enumerate(docs)}
     groups: dict[str, set[int]] = {}
@@ -94,7 +98,7 @@ def add_hard_negatives(data: TrainingData, *, method: str, per_query: int, corpu
     # Mine more than needed: candidates that contain the anchor or a positive verbatim (the full document
     # an inverse-cloze sentence or a title was cut from) are the same document, not negatives.
     mined = mine_hard_negatives(anchors, docs, [sorted(groups[a]) for a in anchors], method=method,
-                                k=per_query * 3 + 5, skip_top=skip_top, encoder=encoder)
+                                k=per_query * 3 + 5, skip_top=skip_top, margin=margin, encoder=encoder)
     by_anchor = {}
     for a, cands in zip(anchors, mined, strict=True):
         own = [docs[i] for i in groups[a]]
