@@ -92,7 +92,7 @@ def cranfield_data(inverse: bool = True):  # type: ignore[no-untyped-def]
     return data, val, bodies
 
 
-def cranfield(runs: tuple[tuple[str, int], ...] = (("bm25", 0), ("none", 0))) -> None:
+def cranfield(runs: tuple[tuple[str, int], ...] = (("bm25", 0), ("none", 0)), tokens: int = 96) -> None:
     from embedsmith import load_encoder
     from embedsmith.training import finetune
 
@@ -106,10 +106,11 @@ def cranfield(runs: tuple[tuple[str, int], ...] = (("bm25", 0), ("none", 0))) ->
         out = Path(tempfile.mkdtemp(prefix=f"ft-cran-{negatives}-"))
         rep = finetune("minilm", data, out, hard_negatives=negatives, negatives_per_query=1, skip_top=skip,
                        corpus=corpus,
-                       epochs=1, batch_size=32, lr=3e-5, max_seq_length=96, device="cpu")
+                       epochs=1, batch_size=32, lr=3e-5, max_seq_length=tokens, device="cpu")
         after = per_query_ndcg(val, dense_run(val, load_encoder(str(out), backend="torch", device="cpu")))
         lo, hi = bootstrap_ci(after - base)
         label = negatives + (f", skipping the top {skip}" if skip else "")
+        label += f", {tokens} tokens" if tokens != 96 else ""
         print(f"| fine-tuned, hard negatives {label} | {after.mean():.4f} | {after.mean() - base.mean():+.4f} "
               f"| [{lo:+.4f}, {hi:+.4f}] | {rep.seconds:.0f} | {rep.steps} |", flush=True)
 
@@ -219,6 +220,8 @@ def main() -> None:
     args = ap.parse_args()
     parts = {"cranfield": cranfield, "reranker": lambda: reranker(args.reranker_steps), "banking": banking, "sts": sts,
              "cranfield-bm25": lambda: cranfield((("bm25", 0),)),
+             "cranfield-bm25-skip3": lambda: cranfield((("bm25", 3),)),
+             "cranfield-bm25-skip3-80": lambda: cranfield((("bm25", 3),), tokens=80),
              "sts-cosine": lambda: sts("cosine"), "sts-cosent-low-lr": lambda: sts("cosent", 5e-6)}
     for name in args.parts.split(","):
         print(f"\n## {name}\n", flush=True)
