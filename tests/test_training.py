@@ -174,6 +174,14 @@ def test_tiny_reranker_and_cli(tmp_path):
         finetune_reranker("minilm", data, tmp_path / "x", loss="hinge", corpus=titled.positives)
     with pytest.raises(InvalidInputError, match="batch_size must be >= 1"):
         finetune_reranker("minilm", data, tmp_path / "x", batch_size=0, corpus=titled.positives)
+    # The data's own negatives (as mine-negatives writes them), and a clear error for a row without one.
+    own = TrainingData(data.anchors[:4], data.positives[:4], [[p] for p in data.positives[4:8]], source="own")
+    rep = finetune_reranker("minilm", own, tmp_path / "ce-own", hard_negatives="none", loss="listwise",
+                            max_steps=1, batch_size=4, device="cpu")
+    assert rep.steps == 1 and rep.examples == 8 and rep.hyperparameters["hard_negatives"] == "none"
+    holey = TrainingData(own.anchors, own.positives, [["x"], [], ["y"], ["z"]], source="holey")
+    with pytest.raises(InvalidInputError, match=r"example 2 .* has no negative"):
+        finetune_reranker("minilm", holey, tmp_path / "x", hard_negatives="none")
 
     # With --eval, the first stage's top 10 (so its nDCG@10 is the full ranking's) is scored against the
     # same candidates reranked, and the CLI warns when the reranker makes the ranking worse.

@@ -114,7 +114,8 @@ def finetune_reranker(
     train: TrainOpt,
     output: OutputOpt,
     model: ModelOpt = "minilm",
-    hard_negatives: Annotated[str, typer.Option(help="bm25 | dense")] = "bm25",
+    hard_negatives: Annotated[str, typer.Option(help="bm25 | dense | none (the data's own negatives, e.g. "
+                                                     "from mine-negatives)")] = "bm25",
     negatives_per_query: Annotated[int, typer.Option(help="mined negatives per example")] = 5,
     random_negatives: Annotated[int, typer.Option(help="random (easy) negatives per example")] = 0,
     loss: Annotated[str, typer.Option(help="bce | listwise")] = "bce",

@@ -380,6 +380,8 @@ def finetune_reranker(
     ``listwise`` (softmax cross-entropy over each positive and its negatives, the "localised contrastive"
     loss of Gao et al. 2021; our best Cranfield runs used it, see benchmarks/README.md). The
     classification head is new, so it learns at ``head_lr`` while the encoder learns at ``lr``.
+    ``hard_negatives="none"`` trains on the negatives the data brings (every example needs at least one,
+    e.g. a file written by ``embedsmith mine-negatives``).
     ``batch_size`` counts (query, text) pairs. The result loads with :class:`embedsmith.Reranker` and
     sentence-transformers' ``CrossEncoder``.
 
@@ -396,8 +398,15 @@ def finetune_reranker(
 
     if data.scores is not None:
         raise InvalidInputError("a reranker trains on query/positive pairs, not scored pairs")
-    if hard_negatives not in ("bm25", "dense"):
-        raise InvalidInputError(f"a reranker needs negatives: --hard-negatives bm25 or dense, got {hard_negatives!r}")
+    if hard_negatives not in ("bm25", "dense", "none"):
+        raise InvalidInputError(f"--hard-negatives must be bm25, dense or none (the data's own negatives), "
+                                f"got {hard_negatives!r}")
+    if hard_negatives == "none":
+        for i, negs in enumerate(data.negatives):
+            if not negs:
+                raise InvalidInputError(
+                    f"example {i + 1} ({data.anchors[i][:40]!r}) has no negative: with hard_negatives='none' "
+                    "every example brings its own (e.g. from `embedsmith mine-negatives`); or mine with bm25/dense")
     if loss not in RERANKER_LOSSES:
         raise InvalidInputError(f"unknown reranker loss {loss!r}; expected one of {', '.join(RERANKER_LOSSES)}")
     if negatives_per_query < 1 or random_negatives < 0:
@@ -417,8 +426,11 @@ def finetune_reranker(
     dev = resolve_device(device)
     # First-stage candidates and their score, before any training (the same for every reranker).
     first = _first_stage(retriever, eval_task, dev, candidates) if eval_task is not None else None
-    mined = add_hard_negatives(data, method=hard_negatives, per_query=negatives_per_query, corpus=corpus,
-                               encoder=_miner(hard_negatives, folder, dev), seed=seed)
+    if hard_negatives == "none":
+        mined = data
+    else:
+        mined = add_hard_negatives(data, method=hard_negatives, per_query=negatives_per_query, corpus=corpus,
+                                   encoder=_miner(hard_negatives, folder, dev), seed=seed)
     rng = random.Random(seed)
     docs = list(dict.fromkeys([*corpus, *data.positives]))
     own: dict[str, list[str]] = {}
