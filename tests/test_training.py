@@ -128,6 +128,9 @@ def test_mine_negatives_cli_writes_jsonl_that_finetune_reads(tmp_path):
     bad = run("mine-negatives", "--train", str(CRAN), "--split", "dev", "--output", str(tmp_path / "x.jsonl"),
               "--negatives-per-query", "0", check=False)
     assert bad.returncode == 1 and "must be >= 1" in bad.stderr
+    bad = run("mine-negatives", "--train", str(CRAN), "--split", "dev", "--output", str(tmp_path / "x.jsonl"),
+              "--margin", "1.5", check=False)
+    assert bad.returncode == 1 and "margin 1.5 is out of range" in bad.stderr
 
 
 @pytest.mark.slow

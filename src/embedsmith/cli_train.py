@@ -189,6 +189,9 @@ def mine_negatives(
 
     if method not in ("bm25", "dense"):
         raise InvalidInputError(f"unknown mining method {method!r}; expected bm25 or dense")
+    if negatives_per_query < 1 or skip_top < 0:
+        raise InvalidInputError(f"--negatives-per-query must be >= 1 and --skip-top >= 0, got "
+                                f"{negatives_per_query} and {skip_top}")
     data, corpus = _gather(train, split, inverse_cloze, None)
     if data.scores is not None:
         raise InvalidInputError("scored pairs have no positives to mine negatives for")

@@ -7,6 +7,7 @@ unjudged documents) skips candidates that score too close to the query's own pos
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -83,6 +84,10 @@ def mine_hard_negatives(
                 raise InvalidInputError(f"query {i}: positive index {d} is outside the corpus of {len(corpus)}")
     if k < 1 or skip_top < 0:
         raise InvalidInputError(f"k must be positive and skip_top non-negative, got k={k}, skip_top={skip_top}")
+    if margin is not None and not (math.isfinite(margin) and (0 <= margin < 1 if method == "bm25" else
+                                                              -2 <= margin <= 2)):
+        raise InvalidInputError(f"margin {margin!r} is out of range: BM25 takes 0 <= margin < 1 (a fraction of "
+                                "the positive's score), dense -2..2 (a cosine difference)")
     depth = k + skip_top + max(len(p) for p in positives) + 20
     if method == "dense":
         if encoder is None:
