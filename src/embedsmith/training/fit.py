@@ -185,11 +185,8 @@ def _evaluate(folder: str | Path, task: Any, device: str, dims: Sequence[int] = 
     return out
 
 
-def _first_stage(retriever: Path, task: Any, device: str, k: int) -> dict[str, list[str]]:
-    """Each query's top ``k`` document ids by the bi-encoder in ``retriever`` (exact cosine)."""
-    from ..encoders import load_encoder
-
-    enc = load_encoder(str(retriever), backend="torch", device=device)
+def _first_stage(enc: Any, task: Any, k: int) -> dict[str, list[str]]:
+    """Each query's top ``k`` document ids by the bi-encoder ``enc`` (exact cosine)."""
 
     def embed(texts: Sequence[str], kind: str | None = None) -> Any:
         return enc.encode(list(texts), kind=kind)
@@ -424,13 +421,17 @@ def finetune_reranker(
     folder = model_folder(model)
     retriever = model_folder(first_stage) if first_stage else folder
     dev = resolve_device(device)
-    # First-stage candidates and their score, before any training (the same for every reranker).
-    first = _first_stage(retriever, eval_task, dev, candidates) if eval_task is not None else None
+    miner = _miner(hard_negatives, folder, dev)  # None unless mining is dense
+    # First-stage candidates, before any training; dense mining's encoder serves when it is the same model.
+    first = None
+    if eval_task is not None:
+        same = miner is not None and retriever == folder
+        first = _first_stage(miner if same else _miner("dense", retriever, dev), eval_task, candidates)
     if hard_negatives == "none":
         mined = data
     else:
         mined = add_hard_negatives(data, method=hard_negatives, per_query=negatives_per_query, corpus=corpus,
-                                   encoder=_miner(hard_negatives, folder, dev), seed=seed)
+                                   encoder=miner, seed=seed)
     rng = random.Random(seed)
     docs = list(dict.fromkeys([*corpus, *data.positives]))
     own: dict[str, list[str]] = {}
