@@ -2,7 +2,20 @@
 
 from .chunking import chunk_text
 from .encoders import MODELS, TruncationWarning, load_encoder
-from .errors import EmbedsmithError, InvalidInputError, MissingExtraError, ModelNotFoundError
+from .errors import (
+    CollectionBusyError,
+    CollectionExistsError,
+    CollectionNotFoundError,
+    EmbedsmithError,
+    FilterTooComplexError,
+    InvalidInputError,
+    MissingExtraError,
+    ModelNotFoundError,
+    SettingsMismatchError,
+    StoreCorruptError,
+    StoreError,
+    StoreReadOnlyError,
+)
 from .ingest import IndexReport, index_paths
 from .quantization import Int8Calibration, quantize, truncate_dims
 from .rerankers import Reranker
@@ -16,8 +29,12 @@ __all__ = [
     "MODELS",
     "Chunk",
     "Collection",
+    "CollectionBusyError",
+    "CollectionExistsError",
+    "CollectionNotFoundError",
     "EmbedsmithError",
     "Encoder",
+    "FilterTooComplexError",
     "Hit",
     "Hits",
     "IndexRebuildWarning",
@@ -30,6 +47,10 @@ __all__ = [
     "ModelNotFoundError",
     "Precision",
     "Reranker",
+    "SettingsMismatchError",
+    "StoreCorruptError",
+    "StoreError",
+    "StoreReadOnlyError",
     "TopK",
     "TruncationWarning",
     "analogy",

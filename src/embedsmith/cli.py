@@ -309,6 +309,79 @@ def collections(store: StoreOpt = None, as_json: JsonOpt = False) -> None:
 
 
 @app.command()
+def verify(collection: CollectionOpt, store: StoreOpt = None, as_json: JsonOpt = False) -> None:
+    """Check a collection's integrity: database, index files against the rows, checksums, settings.
+
+    Exit status 0 when sound, 1 when problems were found (one per line), 2 when the check could not run.
+    """
+    from .errors import EmbedsmithError
+    from .store import open_collection
+
+    try:
+        with open_collection(collection, store=store, create=False) as c:
+            report = c.verify()
+    except EmbedsmithError as exc:
+        if as_json:
+            print(json.dumps({"name": collection, "ok": False, "error": str(exc)}))
+        print(f"embedsmith: error: cannot verify {collection}: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+    elif report.ok:
+        print(f"{collection}: ok ({report.checks.get('records', '?')} records)")
+    else:
+        for problem in report.problems:
+            print(f"{collection}: {problem}")
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command()
+def repair(collection: CollectionOpt, store: StoreOpt = None) -> None:
+    """Rebuild every derived file of a collection (ANN index, BM25 index) from its rows."""
+    import warnings
+
+    from .store import IndexRebuildWarning, open_collection
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", IndexRebuildWarning)  # rebuilding is what was asked for
+        with open_collection(collection, store=store, create=False) as c:
+            done = c.repair()
+            report = c.verify()
+    print(f"{collection}: rebuilt the ANN index ({done['ann_vectors']} vectors) and the BM25 index "
+          f"({done['bm25_rows']} rows); verify: {'ok' if report.ok else '; '.join(report.problems)}")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def snapshot(
+    collection: CollectionOpt,
+    to: Annotated[Path, typer.Option("--to", help="snapshot file to write")],
+    store: StoreOpt = None,
+) -> None:
+    """Write a collection to one portable file, consistent while writers run (restore reads it into either store)."""
+    from .store import snapshot_collection
+
+    report = snapshot_collection(collection, to, store=store)
+    print(f"{collection}: {report['count']} records -> {report['path']} ({report['bytes']:,} bytes)")
+
+
+@app.command()
+def restore(
+    snapshot_file: Annotated[Path, typer.Argument(help="a file written by embedsmith snapshot")],
+    collection: Annotated[str | None, typer.Option("--collection", "-c", help="name (default: the snapshot's)")]
+    = None,
+    store: StoreOpt = None,
+    replace: Annotated[bool, typer.Option(help="replace an existing collection of that name")] = False,
+) -> None:
+    """Restore a snapshot into a store (folder or postgresql://), as a new collection or replacing one."""
+    from .store import restore_collection
+
+    report = restore_collection(snapshot_file, name=collection, store=store, replace=replace, show_progress=True)
+    print(f"{report['name']}: restored {report['count']} records" + (" (replaced)" if report["replaced"] else ""))
+
+
+@app.command()
 def reembed(
     collection: CollectionOpt,
     to: Annotated[str, typer.Option("--to", help="name of the new collection")],

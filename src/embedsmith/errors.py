@@ -35,8 +35,32 @@ def require(module: str, *, extra: str, what: str) -> object:
 
 
 class StoreError(EmbedsmithError):
-    """A collection cannot be opened or written: locked, unwritable, or from a newer format."""
+    """A collection cannot be opened, read or written. The subclasses say why; callers dispatch on them."""
+
+
+class CollectionNotFoundError(StoreError, LookupError):
+    """No such collection, or the collection an open handle refers to was deleted or replaced."""
+
+
+class CollectionExistsError(StoreError):
+    """A collection of that name already exists (create, migrate or restore without replacing)."""
+
+
+class CollectionBusyError(StoreError):
+    """Another writer held the collection's write lock for longer than ``lock_timeout``."""
+
+
+class StoreCorruptError(StoreError):
+    """The database or a derived file is damaged (``embedsmith verify`` reports, ``repair`` rebuilds)."""
+
+
+class StoreReadOnlyError(StoreError):
+    """A write to a store that is open read-only (its folder or database cannot be written)."""
 
 
 class SettingsMismatchError(EmbedsmithError, ValueError):
     """A collection was opened with settings (model, metric, precision, ...) other than those it records."""
+
+
+class FilterTooComplexError(InvalidInputError):
+    """A metadata filter has more conditions or nesting than a search may carry (the limits are named)."""

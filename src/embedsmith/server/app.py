@@ -264,7 +264,7 @@ class Service:
 
     # -- collections --------------------------------------------------------------------------------
     def _served_encoder_for(self, fingerprint: str | None) -> Encoder | None:
-        from ..store.collection import fingerprints_compatible
+        from ..store.settings import fingerprints_compatible
 
         if not fingerprint:
             return None

@@ -1,8 +1,10 @@
 """The derived ANN index: faiss HNSW over a collection's vectors, keyed by write sequence number.
 
-It is a cache of what SQLite holds. It is saved at intervals and on close (temp file, fsync, rename),
-stamped with the last sequence number it contains, caught up from SQLite on open, and rebuilt when
-missing or damaged. Deleted rows stay in the graph until compaction; callers filter them out.
+It is a cache of what SQLite holds. It is saved at intervals and on close (temp file, fsync, rename, under a
+file lock), stamped with the collection's identity, its compaction generation, the last sequence number it
+contains and a checksum; caught up from SQLite on open, and rebuilt when missing, damaged or foreign. Every
+row up to the stamp is in it, deleted ones too (they stay in the graph until compaction; callers filter them
+out), so the stamp can be checked against the rows with a count.
 """
 
 from __future__ import annotations
@@ -10,6 +12,9 @@ from __future__ import annotations
 import json
 import os
 import time
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +25,7 @@ from ..errors import require
 from ..quantization import Int8Calibration, l2_normalize
 from ..types import Metric, Precision
 
-FORMAT = 1
+FORMAT = 2  # 2: the stamp records the collection's identity, compaction generation and a CRC-32
 
 
 class DamagedIndexError(Exception):
@@ -151,39 +156,75 @@ class AnnIndex:
         return d
 
     # -- persistence -----------------------------------------------------------------------------------
-    def save(self, folder: Path) -> None:
-        """Write ``ann-<seq>.faiss`` and then the stamp ``ann.json`` that names it, both atomically."""
+    def save(self, folder: Path, *, identity: str, generation: int, force: bool = False) -> bool:
+        """Write ``ann-<seq>.faiss`` and then the stamp ``ann.json`` that names it, both atomically.
+
+        Call it holding :func:`locked` on ``folder / "ann.lock"``, so two processes saving at once cannot
+        interleave. An index already there of the same collection and generation that holds as much (a stamp at
+        or past ours) is kept, and nothing is written, unless ``force`` (a rebuild replacing a damaged file).
+        Returns whether this index was written.
+
+        Raises:
+            OSError, RuntimeError: the folder cannot be written (callers warn; the rows are safe in SQLite).
+        """
         faiss = _faiss()
+        current = read_stamp(folder)
+        if (not force and current is not None and current.get("identity") == identity
+                and current.get("generation") == generation and int(current.get("last_seq", -1)) >= self.last_seq
+                and (folder / str(current.get("file"))).is_file()):
+            return False
         name = f"ann-{self.last_seq}.faiss"
         tmp = folder / f".{name}.{os.getpid()}.tmp"
-        writer = faiss.write_index_binary if self.spec.precision is Precision.BINARY else faiss.write_index
-        writer(self.index, str(tmp))
-        _fsync(tmp)
-        os.replace(tmp, folder / name)
+        try:
+            writer = faiss.write_index_binary if self.spec.precision is Precision.BINARY else faiss.write_index
+            writer(self.index, str(tmp))
+            checksum = file_checksum(tmp)
+            _fsync(tmp)
+            os.replace(tmp, folder / name)
+        finally:
+            tmp.unlink(missing_ok=True)
         stamp = {"format": FORMAT, "file": name, "last_seq": self.last_seq, "ntotal": self.ntotal,
-                 "bytes": (folder / name).stat().st_size}
+                 "bytes": (folder / name).stat().st_size, "identity": identity, "generation": generation,
+                 "crc32": checksum}
         tmp_stamp = folder / f".ann.json.{os.getpid()}.tmp"
-        tmp_stamp.write_text(json.dumps(stamp))
-        _fsync(tmp_stamp)
-        os.replace(tmp_stamp, folder / "ann.json")
+        try:
+            tmp_stamp.write_text(json.dumps(stamp))
+            _fsync(tmp_stamp)
+            os.replace(tmp_stamp, folder / "ann.json")
+        finally:
+            tmp_stamp.unlink(missing_ok=True)
         _fsync_dir(folder)
         _remove_stale(folder, self.last_seq)
-
+        return True
 
     @classmethod
-    def load(cls, folder: Path, spec: IndexSpec) -> AnnIndex:
-        """Load the stamped index, or raise :class:`DamagedIndexError` saying what is wrong."""
+    def load(cls, folder: Path, spec: IndexSpec, *, identity: str | None,
+             generation: int) -> tuple[AnnIndex, dict[str, Any]]:
+        """Load the stamped index and its stamp, or raise :class:`DamagedIndexError` saying what is wrong.
+
+        The stamp must name this collection's identity and compaction generation; a stamp written before
+        identities existed (format 1) is adopted once. The checksum is not read here (that reads the whole
+        file): :func:`verify_file` checks it.
+        """
         faiss = _faiss()
+        stamp = read_stamp(folder)
+        if stamp is None:
+            raise DamagedIndexError("no index file")
         try:
-            stamp = json.loads((folder / "ann.json").read_text())
-            path = folder / stamp["file"]
+            path = folder / str(stamp["file"])
             size = path.stat().st_size
         except FileNotFoundError as exc:
             raise DamagedIndexError("no index file") from exc
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, KeyError, TypeError) as exc:
             raise DamagedIndexError(f"unreadable stamp: {exc}") from exc
-        if stamp.get("format") != FORMAT or size != stamp.get("bytes"):
+        fmt = stamp.get("format")
+        if fmt not in (1, FORMAT) or size != stamp.get("bytes"):
             raise DamagedIndexError(f"{path.name} has {size} bytes, its stamp says {stamp.get('bytes')}")
+        if fmt == FORMAT:
+            if stamp.get("identity") != identity:
+                raise DamagedIndexError(f"{path.name} belongs to another collection of the same name")
+            if stamp.get("generation") != generation:
+                raise DamagedIndexError(f"{path.name} is older than the collection's last compaction")
         reader = faiss.read_index_binary if spec.precision is Precision.BINARY else faiss.read_index
         try:
             index = reader(str(path))
@@ -191,7 +232,58 @@ class AnnIndex:
             raise DamagedIndexError(f"{path.name} does not load: {str(exc).splitlines()[0]}") from exc
         if index.ntotal != stamp["ntotal"] or index.d != spec.dims:
             raise DamagedIndexError(f"{path.name} holds {index.ntotal} vectors, its stamp says {stamp['ntotal']}")
-        return cls(spec, index=index, last_seq=int(stamp["last_seq"]))
+        return cls(spec, index=index, last_seq=int(stamp["last_seq"])), stamp
+
+
+def read_stamp(folder: Path) -> dict[str, Any] | None:
+    """The index stamp ``ann.json``, or None when there is none or it is unreadable."""
+    try:
+        stamp = json.loads((folder / "ann.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return stamp if isinstance(stamp, dict) else None
+
+
+def file_checksum(path: Path) -> str:
+    """CRC-32 of a file (zlib's: fast, and enough to catch a flipped byte; this is not a security check)."""
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            crc = zlib.crc32(chunk, crc)
+    return f"{crc:08x}"
+
+
+def verify_file(folder: Path) -> tuple[dict[str, Any] | None, list[str]]:
+    """The stamp and the problems of the saved index file: missing, size or checksum not as stamped."""
+    stamp = read_stamp(folder)
+    if stamp is None:
+        return None, ["the ANN index has no stamp (ann.json missing or unreadable); repair rebuilds it"]
+    path = folder / str(stamp.get("file"))
+    if not path.is_file():
+        return stamp, [f"the ANN index file {path.name} named by ann.json is missing"]
+    problems = []
+    if path.stat().st_size != stamp.get("bytes"):
+        problems.append(f"the ANN index file {path.name} has {path.stat().st_size} bytes, its stamp says "
+                        f"{stamp.get('bytes')}")
+    if "crc32" not in stamp:
+        problems.append(f"the ANN index file {path.name} has no checksum (saved by an older embedsmith); "
+                        "repair rewrites it")
+    elif file_checksum(path) != stamp["crc32"]:
+        problems.append(f"the ANN index file {path.name} does not match its checksum (damaged); repair rebuilds it")
+    return stamp, problems
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock (flock) on ``path``, held by this process until the block ends."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _fsync(path: Path) -> None:

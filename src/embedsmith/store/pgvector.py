@@ -13,7 +13,11 @@ Layout, in one PostgreSQL schema (``embedsmith`` unless the DSN says ``?schema=N
   the full vectors in the same statement.
 
 Writes are single transactions that take the collection's row lock (one writer at a time, like the embedded
-store; others wait ``lock_timeout``); bulk rows go in with binary ``COPY``. A search sets ``hnsw.ef_search``
+store; others wait ``lock_timeout``); bulk rows go in with binary ``COPY``. A new table has no HNSW index until
+its first write, which builds it inside that write's transaction (after the rows when they are many, which is
+far faster than inserting into a graph row by row) with a SHARE lock, so readers never wait on it. A handle
+whose collection was deleted or recreated finds the registry naming another table (or none), and raises
+:class:`~embedsmith.errors.CollectionNotFoundError`. A search sets ``hnsw.ef_search``
 for its own transaction and uses iterative index scans (``hnsw.iterative_scan = relaxed_order``), so a
 selective filter still yields k hits; when the graph still misses matching rows, the rows that match are
 scanned exactly.
@@ -32,17 +36,27 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 
-from ..errors import InvalidInputError, StoreError, require
-from ..quantization import Int8Calibration
+from ..errors import (
+    CollectionBusyError,
+    CollectionExistsError,
+    CollectionNotFoundError,
+    InvalidInputError,
+    StoreCorruptError,
+    StoreError,
+    StoreReadOnlyError,
+    require,
+)
 from ..types import Encoder, Metric, Precision
+from .base import Candidate, Collection, RecordBatch, Store, VerifyReport, best_first
 from .bm25 import match_expression
-from .collection import Batch, Collection, CollectionSettings, Ranked, check_encoder, check_requested, new_settings
-from .filters import Where, compile_where_pg
+from .filters import CompiledFilter, Where, compile_where_pg
+from .settings import CollectionSettings, OpenOptions, new_identity
 
 if TYPE_CHECKING:
     import psycopg
@@ -206,13 +220,34 @@ def _check_pg_settings(s: CollectionSettings) -> None:
         )
 
 
+def translate(exc: Exception, what: str) -> StoreError | InvalidInputError:
+    """Our error for a psycopg error, chosen by its class (SQLSTATE), never by its message."""
+    errors = _psycopg().errors
+    if isinstance(exc, errors.UniqueViolation):
+        return InvalidInputError(f"{what}: an id is already in the collection (added meanwhile by another "
+                                 "process); use upsert to replace it")
+    if isinstance(exc, (errors.LockNotAvailable, errors.DeadlockDetected)):
+        return CollectionBusyError(f"{what}: the collection is being written by another process ({exc})")
+    if isinstance(exc, errors.UndefinedTable):
+        return CollectionNotFoundError(f"{what}: the collection was deleted or replaced by another process")
+    if isinstance(exc, (errors.DataCorrupted, errors.IndexCorrupted)):
+        return StoreCorruptError(f"{what}: the database reports damage ({exc})")
+    if isinstance(exc, (errors.ReadOnlySqlTransaction, errors.InsufficientPrivilege)):
+        return StoreReadOnlyError(f"{what}: the store cannot be written by this user ({exc})")
+    if isinstance(exc, errors.DiskFull):
+        return StoreError(f"{what}: the database server's disk is full ({exc}); nothing of this write was stored")
+    if isinstance(exc, errors.UntranslatableCharacter):
+        return InvalidInputError(f"{what}: a text or metadata value cannot be stored ({exc})")
+    return StoreError(f"{what}: {exc}")
+
+
 class PgCollection(Collection):
     """A collection stored in PostgreSQL with pgvector. Open one with :func:`~embedsmith.store.open_collection`
     and a ``postgresql://`` store."""
 
     def __init__(self, dsn: str, schema: str, table: str, settings: CollectionSettings, encoder: Encoder | None,
-                 *, exact_below: int, ef_search: int, lock_timeout: float, pool_size: int) -> None:
-        super().__init__(settings, encoder, exact_below=exact_below, ef_search=ef_search)
+                 options: OpenOptions) -> None:
+        super().__init__(settings, encoder, options)
         _psycopg()
         from psycopg_pool import ConnectionPool
 
@@ -220,9 +255,10 @@ class PgCollection(Collection):
         self.schema = _ident(schema)
         self.table = _ident(table)
         self._t = f"{self.schema}.{self.table}"
-        self._lock_timeout = lock_timeout
+        self._lock_timeout = options.lock_timeout
         self._live = -1
         self._live_at = 0.0
+        self._has_hnsw: bool | None = None
         conninfo, _ = parse_store(dsn)
 
         def configure(conn: Any) -> None:
@@ -231,7 +267,7 @@ class PgCollection(Collection):
             register_vector(conn)
             conn.execute("SET hnsw.iterative_scan = relaxed_order")
 
-        self._pool = ConnectionPool(conninfo, min_size=1, max_size=max(2, pool_size), open=False,
+        self._pool = ConnectionPool(conninfo, min_size=1, max_size=max(2, options.pool_size), open=False,
                                     kwargs={"autocommit": True}, configure=configure, timeout=30.0,
                                     name=f"embedsmith-{settings.name}")
         try:
@@ -239,42 +275,50 @@ class PgCollection(Collection):
         except Exception as exc:
             self._pool.close()
             raise StoreError(f"cannot connect to PostgreSQL store {self.store!r}: {exc}") from exc
-        self._count_estimate()
+        with self._errors():
+            self._count_estimate()
 
-    # -- connections ----------------------------------------------------------------------------------
+    # -- the boundary ---------------------------------------------------------------------------------
     @contextmanager
-    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
-        """A pooled connection (autocommit: callers open transactions); database errors become StoreError."""
-        if self._closed:
-            raise StoreError(f"collection {self.name!r} is closed")
+    def _errors(self) -> Iterator[None]:
         psycopg = _psycopg()
         from psycopg_pool import PoolTimeout
 
         try:
-            with self._pool.connection() as conn:
-                yield conn
+            yield
         except PoolTimeout as exc:
             raise StoreError(f"no connection to PostgreSQL store {self.store!r} for collection {self.name!r}: "
                              f"{exc}") from exc
-        except psycopg.errors.UniqueViolation:  # another writer added one of these ids meanwhile
-            raise InvalidInputError(f"an id is already in collection {self.name!r}") from None
-        except psycopg.errors.LockNotAvailable as exc:
-            raise StoreError(
-                f"collection {self.name!r} is being written by another process; waited {self._lock_timeout:.0f} s "
-                "for its lock"
-            ) from exc
         except psycopg.Error as exc:
-            raise StoreError(f"PostgreSQL error in collection {self.name!r} ({self.store}): {exc}") from exc
+            raise translate(exc, f"collection {self.name!r} ({self.store})") from exc
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection (autocommit: callers open transactions)."""
+        if self._closed:
+            raise StoreError(f"collection {self.name!r} is closed")
+        with self._pool.connection() as conn:
+            yield conn
 
     @contextmanager
     def _write(self) -> Iterator[psycopg.Connection[Any]]:
         """One transaction holding the collection's write lock: all of it is committed, or none of it."""
+        psycopg = _psycopg()
         with self._connection() as conn, conn.transaction():
             conn.execute(f"SET LOCAL lock_timeout = '{int(self._lock_timeout * 1000)}ms'")
-            row = conn.execute(f"SELECT tbl FROM {self.schema}.collections WHERE name = %s FOR UPDATE",
-                               (self.name,)).fetchone()
+            try:
+                row = conn.execute(f"SELECT tbl FROM {self.schema}.collections WHERE name = %s FOR UPDATE",
+                                   (self.name,)).fetchone()
+            except psycopg.errors.LockNotAvailable as exc:
+                raise CollectionBusyError(
+                    f"collection {self.name!r} is being written by another process; waited "
+                    f"{self._lock_timeout:g} s for its lock"
+                ) from exc
             if row is None or row[0] != self.table:
-                raise StoreError(f"collection {self.name!r} was deleted from {self.store!r}")
+                raise CollectionNotFoundError(
+                    f"collection {self.name!r} was deleted or replaced in {self.store!r} by another process; "
+                    "open it again"
+                )
             conn.execute("SET LOCAL lock_timeout = 0")
             yield conn
 
@@ -288,46 +332,41 @@ class PgCollection(Collection):
                          "bm25_tokens = bm25_tokens - %s WHERE name = %s", (docs, tokens, self.name))
         return int(n)
 
+    def _hnsw_exists(self, conn: psycopg.Connection[Any]) -> bool:
+        if self._has_hnsw is None or not self._has_hnsw:
+            self._has_hnsw = _scalar(conn, "SELECT to_regclass(%s)", (f"{self._t}_hnsw",)) is not None
+        return self._has_hnsw
+
     # -- writes ---------------------------------------------------------------------------------------
-    def _compile_where(self, where: Where | None) -> tuple[str, list[Any]]:
+    def _compile_where(self, where: Where | None) -> CompiledFilter:
         return compile_where_pg(where)
 
-    def _reject_existing(self, ids: list[str]) -> None:
+    def _live_ids(self, ids: list[str]) -> list[str]:
         with self._connection() as conn:
-            found = [r[0] for r in conn.execute(f"SELECT id FROM {self._t} WHERE NOT deleted AND id = ANY(%s)",
-                                                (ids,))]
-        if found:
-            order = {x: i for i, x in enumerate(ids)}
-            found.sort(key=order.__getitem__)
-            shown = ", ".join(repr(x) for x in found[:5]) + (" ..." if len(found) > 5 else "")
-            raise InvalidInputError(
-                f"{len(found)} id(s) already in collection {self.name!r}: {shown}; use upsert to replace them"
-            )
+            return [r[0] for r in conn.execute(f"SELECT id FROM {self._t} WHERE NOT deleted AND id = ANY(%s)", (ids,))]
 
     def _insert(
         self, ids: list[str], texts: Sequence[str | None], meta: list[str], vectors: np.ndarray, *, replace: bool,
-        delete_where: tuple[str, list[Any]] | None = None, index_texts: Sequence[str | None] | None = None,
-    ) -> list[str]:
+        delete_where: CompiledFilter | None = None, index_texts: Sequence[str | None] | None = None,
+    ) -> None:
         if not ids and delete_where is None:
-            return []
+            return
         from psycopg.types.json import set_json_dumps
 
         extra = [None if x == t else x for x, t in zip(index_texts, texts, strict=True)] \
             if index_texts is not None else [None] * len(ids)
-        for i, t in enumerate(texts):
-            if t is not None and "\x00" in t:
-                raise InvalidInputError(f"texts[{i}] contains a NUL character, which PostgreSQL cannot store")
         with self._write() as conn:
             if replace:
                 self._soft_delete(conn, "id = ANY(%s)", (ids,))
             if delete_where is not None:
-                self._soft_delete(conn, delete_where[0], delete_where[1])
+                self._soft_delete(conn, delete_where.sql or "TRUE", delete_where.params)
             before = _scalar(conn, f"SELECT COALESCE(max(seq), 0) FROM {self._t}")
-            # Building the graph once over a large first batch is many times faster than inserting into it
-            # row by row; the rebuild happens inside this transaction, so readers see the old, empty table.
-            bulk = len(ids) >= _BULK_BUILD_ROWS and before == 0
-            if bulk:
-                conn.execute(f"DROP INDEX {self.schema}.{self.table}_hnsw")
+            # A new table gets its graph in its first write: built after a large batch (many times faster than
+            # inserting row by row), before a small one. CREATE INDEX takes a SHARE lock, which readers never
+            # wait for (dropping an index would take ACCESS EXCLUSIVE and block them until the build ends).
+            build = None if self._hnsw_exists(conn) else ("after" if len(ids) >= _BULK_BUILD_ROWS else "before")
+            if build == "before":
+                conn.execute(_hnsw_sql(self.schema, self.table, self.settings))
             with conn.cursor() as cur:
                 set_json_dumps(lambda obj: obj, context=cur)  # metadata arrives as checked JSON text
                 with cur.copy(f"COPY {self._t} (id, metadata, text, index_text, vector) FROM STDIN "
@@ -335,7 +374,7 @@ class PgCollection(Collection):
                     copy.set_types(["text", "jsonb", "text", "text", "vector"])
                     for row in zip(ids, meta, texts, extra, vectors, strict=True):
                         copy.write_row(row)
-            if bulk:
+            if build == "after":
                 conn.execute(f"SET LOCAL maintenance_work_mem = '{_BUILD_MEMORY}'")
                 conn.execute(_hnsw_sql(self.schema, self.table, self.settings))
             conn.execute(
@@ -343,21 +382,22 @@ class PgCollection(Collection):
                 "bm25_tokens = c.bm25_tokens + x.tokens FROM (SELECT count(doclen) AS docs, "
                 f"COALESCE(sum(doclen), 0) AS tokens FROM {self._t} WHERE seq > %s) x WHERE c.name = %s",
                 (before, self.name))
+        if build is not None:
+            self._has_hnsw = True
         self._live = -1
-        return ids
 
-    def _delete(self, ids: list[str] | None, flt: tuple[str, list[Any]] | None) -> int:
+    def _delete(self, ids: list[str] | None, flt: CompiledFilter | None) -> int:
         with self._write() as conn:
             if ids is not None:
                 n = self._soft_delete(conn, "id = ANY(%s)", (ids,))
             elif flt is not None:
-                n = self._soft_delete(conn, flt[0], flt[1])
+                n = self._soft_delete(conn, flt.sql or "TRUE", flt.params)
             else:
                 raise InvalidInputError("delete needs exactly one of ids= or where=")
         self._live = -1
         return n
 
-    def compact(self, *, reindex: bool = False) -> dict[str, int]:
+    def _compact(self, *, reindex: bool) -> dict[str, int]:
         """Delete soft-deleted rows, then ``VACUUM (ANALYZE)`` the table (and ``REINDEX`` it with ``reindex``,
         which rebuilds the HNSW graph without the holes deletes leave; it blocks writers meanwhile).
 
@@ -366,17 +406,16 @@ class PgCollection(Collection):
         """
         with self._write() as conn:
             dropped = conn.execute(f"DELETE FROM {self._t} WHERE deleted").rowcount
-        before = self.disk_bytes()
+        before = self._disk_bytes()
         with self._connection() as conn:  # autocommit: VACUUM cannot run inside a transaction
             conn.execute(f"VACUUM (ANALYZE) {self._t}")
             if reindex:
                 conn.execute(f"REINDEX TABLE {self._t}")
         self._live = -1
-        return {"dropped": int(dropped), "bytes_before": before, "bytes_after": self.disk_bytes()}
+        return {"dropped": int(dropped), "bytes_before": before, "bytes_after": self._disk_bytes()}
 
     # -- reads ----------------------------------------------------------------------------------------
-    def count(self) -> int:
-        """Live (not deleted) records, including writes by other processes."""
+    def _count_live(self) -> int:
         with self._connection() as conn:
             n = int(_scalar(conn, f"SELECT count(*) FROM {self._t} WHERE NOT deleted"))
         self._live, self._live_at = n, time.monotonic()
@@ -385,12 +424,18 @@ class PgCollection(Collection):
     def _count_estimate(self) -> int:
         """The live count, at most a second old: only picks exact vs HNSW search, never what is found."""
         if self._live < 0 or time.monotonic() - self._live_at > 1.0:
-            return self.count()
+            return self._count_live()
         return self._live
 
-    def _get(self, ids: list[str] | None, flt: tuple[str, list[Any]] | None, limit: int | None,
+    def _count(self, flt: CompiledFilter) -> int:
+        if flt.matches_all:
+            return self._count_live()
+        with self._connection() as conn:
+            return int(_scalar(conn, f"SELECT count(*) FROM {self._t} WHERE NOT deleted AND ({flt.sql})", flt.params))
+
+    def _get(self, ids: list[str] | None, flt: CompiledFilter | None, limit: int | None,
              include_vectors: bool) -> list[tuple[Any, ...]]:
-        cols = "id, text, metadata::text" + (", vector" if include_vectors else "")
+        cols = "id, text, metadata" + (", vector" if include_vectors else "")
         with self._connection() as conn:
             if ids is not None:
                 rows = conn.execute(f"SELECT {cols} FROM {self._t} WHERE NOT deleted AND id = ANY(%s)",
@@ -398,13 +443,13 @@ class PgCollection(Collection):
             elif flt is not None:
                 lim = f" LIMIT {int(limit)}" if limit is not None else ""
                 rows = conn.execute(
-                    f"SELECT {cols} FROM {self._t} WHERE NOT deleted AND ({flt[0]}) ORDER BY seq{lim}", flt[1]
+                    f"SELECT {cols} FROM {self._t} WHERE NOT deleted{_and(flt)} ORDER BY seq{lim}", flt.params
                 ).fetchall()
             else:
                 raise InvalidInputError("get needs exactly one of ids= or where=")
         if include_vectors:
             return [(*r[:3], r[3].to_numpy()) for r in rows]
-        return rows
+        return [tuple(r) for r in rows]
 
     def _distinct(self, fields: tuple[str, ...]) -> set[tuple[Any, ...]]:
         cols = ", ".join("metadata -> %s" for _ in fields)
@@ -416,60 +461,49 @@ class PgCollection(Collection):
 
         return {tuple(plain(v) for v in r) for r in rows}
 
-    def _export(self, batch: int) -> Iterator[Batch]:
+    def _export(self, batch: int) -> Iterator[RecordBatch]:
         with self._connection() as conn, conn.transaction():
             cur = conn.cursor(name=f"export_{uuid.uuid4().hex[:8]}")
             cur.itersize = batch
-            cur.execute(f"SELECT id, text, index_text, metadata::text, vector FROM {self._t} WHERE NOT deleted "
+            cur.execute(f"SELECT id, text, index_text, metadata, vector FROM {self._t} WHERE NOT deleted "
                         "ORDER BY seq")
             while rows := cur.fetchmany(batch):
                 vectors = np.stack([r[4].to_numpy() for r in rows]).astype(np.float32, copy=False)
-                yield ([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows],
-                       vectors)
+                yield RecordBatch([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
+                                  [r[3] for r in rows], vectors)
             cur.close()
 
-    def _dense(self, q: np.ndarray, k: int, flt: tuple[str, list[Any]], *, ef: int, exact: bool,
-               rescore: int | None) -> list[Ranked]:
-        s = self.settings
-        sql, params = flt
-        score = _score(s, "%s")
-        if exact or self._count_estimate() <= self.exact_below:
+    def _ann(self, q: np.ndarray, k: int, flt: CompiledFilter, *, ef: int, exact: bool,
+             factor: int) -> list[Candidate]:
+        if exact:
             return self._scan(q, k, flt)
-        approximate_codes = s.precision is not Precision.FLOAT32 or s.dims < s.dim
-        factor = rescore or (10 if s.precision is Precision.BINARY else 4 if approximate_codes else 1)
+        s = self.settings
+        score = _score(s, "%s")
         op, _ = _index_op(s)
         want = k * factor
         stmt = (
-            f"WITH cand AS MATERIALIZED (SELECT seq FROM {self._t} WHERE NOT deleted AND ({sql}) "
+            f"WITH cand AS MATERIALIZED (SELECT seq FROM {self._t} WHERE NOT deleted{_and(flt)} "
             f"ORDER BY {_code(s, 'vector')} {op} {_code(s, '%s::vector')} LIMIT %s) "
-            f"SELECT {score} AS score, id, text, metadata::text FROM {self._t} JOIN cand USING (seq) "
+            f"SELECT {score} AS score, id, text, metadata FROM {self._t} JOIN cand USING (seq) "
             "ORDER BY score DESC, id LIMIT %s"
         )
         with self._connection() as conn, conn.transaction(), conn.pipeline():
             # ef_search below the rows wanted would cut the list short; pgvector caps it at 1000.
             conn.execute(f"SET LOCAL hnsw.ef_search = {min(max(ef, want), _MAX_EF_SEARCH)}")
-            cur = conn.execute(stmt, (*params, q, want, q, k))
-            hits: list[Ranked] = [tuple(r) for r in cur.fetchall()]
-        if len(hits) < k and sql != "TRUE":
-            with self._connection() as conn:
-                matching = _scalar(conn, f"SELECT count(*) FROM {self._t} WHERE NOT deleted AND ({sql})", params)
-            if matching > len(hits):  # the graph missed some: scan the matching rows exactly
-                return self._scan(q, k, flt)
-        return hits
+            cur = conn.execute(stmt, (*flt.params, q, want, q, k))
+            return [Candidate(*r) for r in cur.fetchall()]
 
-    def _scan(self, q: np.ndarray, k: int, flt: tuple[str, list[Any]]) -> list[Ranked]:
+    def _scan(self, q: np.ndarray, k: int, flt: CompiledFilter) -> list[Candidate]:
         """Exact top k over every live row passing the filter (a sequential scan, or the GIN index's rows)."""
-        sql, params = flt
         with self._connection() as conn:
             rows = conn.execute(
-                f"SELECT {_score(self.settings, '%s')} AS score, id, text, metadata::text FROM {self._t} "
-                f"WHERE NOT deleted AND ({sql}) ORDER BY score DESC, id LIMIT %s", (q, *params, k)).fetchall()
-        return [tuple(r) for r in rows]
+                f"SELECT {_score(self.settings, '%s')} AS score, id, text, metadata FROM {self._t} "
+                f"WHERE NOT deleted{_and(flt)} ORDER BY score DESC, id LIMIT %s", (q, *flt.params, k)).fetchall()
+        return [Candidate(*r) for r in rows]
 
-    def _bm25(self, query: str, n: int, flt: tuple[str, list[Any]], *, reader: bool = False) -> list[Ranked]:
+    def _bm25(self, query: str, n: int, flt: CompiledFilter, *, reader: bool = False) -> list[Candidate]:
         """Top ``n`` live rows by Okapi BM25 over English lexemes (see the module docstring), ties by id."""
         match_expression(query)  # the same checks and messages as the embedded store
-        sql, params = flt
         with self._connection() as conn:
             lexemes = [r[0] for r in conn.execute(
                 f"SELECT DISTINCT lexeme FROM unnest(to_tsvector('{TS_CONFIG}', %s))", (query,))]
@@ -482,7 +516,7 @@ class PgCollection(Collection):
                     SELECT bm25_docs::float8 AS n, bm25_tokens::float8 / GREATEST(bm25_docs, 1) AS avgdl
                     FROM {self.schema}.collections WHERE name = %s),
                 hits AS MATERIALIZED (
-                    SELECT seq, tsv, doclen, ({sql}) AS passes FROM {self._t}
+                    SELECT seq, tsv, doclen, ({flt.sql or 'TRUE'}) AS passes FROM {self._t}
                     WHERE NOT deleted AND tsv @@ %s::tsquery),
                 terms AS (
                     SELECT u.lexeme, u.positions, h.seq, h.doclen, h.passes
@@ -497,31 +531,72 @@ class PgCollection(Collection):
                     ) AS score
                     FROM terms t JOIN df USING (lexeme) CROSS JOIN stats s
                     WHERE t.passes GROUP BY t.seq)
-                SELECT sc.score, r.id, r.text, r.metadata::text FROM scored sc JOIN {self._t} r USING (seq)
+                SELECT sc.score, r.id, r.text, r.metadata FROM scored sc JOIN {self._t} r USING (seq)
                 ORDER BY sc.score DESC, r.id LIMIT %s
                 """,
-                (self.name, *params, tsquery, lexemes, n)).fetchall()
-        return [tuple(r) for r in rows]
+                (self.name, *flt.params, tsquery, lexemes, n)).fetchall()
+        return best_first(Candidate(*r) for r in rows)
 
     # -- management -----------------------------------------------------------------------------------
-    def disk_bytes(self) -> int:
+    def _disk_bytes(self) -> int:
         """Bytes of the table, its TOAST data and its indexes."""
         with self._connection() as conn:
             return int(_scalar(conn, "SELECT pg_total_relation_size(%s)", (self._t,)))
 
-    def info(self) -> dict[str, Any]:
-        s = self.settings
+    def _location(self) -> str:
+        return f"{self.store} (table {self._t})"
+
+    def _index_vectors(self) -> int:
         with self._connection() as conn:
-            total = int(_scalar(conn, f"SELECT count(*) FROM {self._t}"))
-        return {
-            "name": s.name, "count": self.count(), "model": s.model, "fingerprint": s.fingerprint,
-            "prompts": s.prompts, "dim": s.dim, "dims": s.dims, "precision": s.precision.value,
-            "metric": s.metric.value, "disk_bytes": self.disk_bytes(),
-            "path": f"{self.store} (table {self._t})", "index_vectors": total,
-        }
+            return int(_scalar(conn, f"SELECT count(*) FROM {self._t}"))
+
+    def _verify(self, report: VerifyReport) -> None:
+        with self._connection() as conn, conn.transaction():
+            row = conn.execute(f"SELECT tbl, settings, bm25_docs, bm25_tokens FROM {self.schema}.collections "
+                               "WHERE name = %s", (self.name,)).fetchone()
+            if row is None or row[0] != self.table:
+                raise CollectionNotFoundError(f"collection {self.name!r} was deleted or replaced in {self.store!r}")
+            try:
+                stored = CollectionSettings.from_meta(row[1])
+                if stored != self.settings:
+                    report.problem("the settings in the registry differ from those this handle opened with")
+            except (KeyError, ValueError, TypeError) as exc:
+                report.problem(f"the settings in the registry do not parse: {exc!r}")
+            live, docs, tokens = conn.execute(
+                f"SELECT count(*), count(doclen) FILTER (WHERE doclen IS NOT NULL), COALESCE(sum(doclen), 0) "
+                f"FROM {self._t} WHERE NOT deleted").fetchall()[0]
+            report.checks.update(records=int(live))
+            if (int(docs), int(tokens)) != (int(row[2]), int(row[3])):
+                report.problem(f"the BM25 statistics say {row[2]} documents of {row[3]} tokens; the rows hold "
+                               f"{docs} of {tokens}; repair recounts them")
+            index = conn.execute("SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(%s)",
+                                 (f"{self._t}_hnsw",)).fetchone()
+            if index is None:
+                if live:
+                    report.problem("the HNSW index is missing; repair builds it")
+            elif not index[0]:
+                report.problem("the HNSW index is invalid (an interrupted build); repair rebuilds it")
+            report.checks["hnsw_index"] = "missing" if index is None else ("ok" if index[0] else "invalid")
+
+    def _repair(self) -> dict[str, Any]:
+        with self._write() as conn:
+            conn.execute(
+                f"UPDATE {self.schema}.collections c SET bm25_docs = x.docs, bm25_tokens = x.tokens FROM (SELECT "
+                f"count(doclen) AS docs, COALESCE(sum(doclen), 0) AS tokens FROM {self._t} WHERE NOT deleted) x "
+                "WHERE c.name = %s", (self.name,))
+            if self._hnsw_exists(conn):
+                conn.execute(f"REINDEX INDEX {self._t}_hnsw")
+            else:
+                conn.execute(_hnsw_sql(self.schema, self.table, self.settings))
+                self._has_hnsw = True
+        return {"ann_vectors": self._index_vectors(), "bm25_rows": self._count_live()}
 
     def _close(self) -> None:
         self._pool.close()
+
+
+def _and(flt: CompiledFilter) -> str:
+    return flt.and_sql()
 
 
 def _table_sql(schema: str, table: str, s: CollectionSettings) -> list[str]:
@@ -541,7 +616,7 @@ def _table_sql(schema: str, table: str, s: CollectionSettings) -> list[str]:
         f"CREATE UNIQUE INDEX {table}_live_id ON {t}(id) WHERE NOT deleted",
         f"CREATE INDEX {table}_metadata ON {t} USING gin (metadata jsonb_path_ops)",
         f"CREATE INDEX {table}_tsv ON {t} USING gin (tsv) WHERE NOT deleted",
-        _hnsw_sql(schema, table, s),
+        # The HNSW index comes with the first write (PgCollection._insert).
     ]
 
 
@@ -551,98 +626,103 @@ def _hnsw_sql(schema: str, table: str, s: CollectionSettings) -> str:
             f"WITH (m = {s.hnsw_m}, ef_construction = {s.ef_construction})")
 
 
-def create_pg_collection(
-    dsn: str, settings: CollectionSettings, enc: Encoder | None = None, *, ef_search: int = 64,
-    exact_below: int = 10_000, lock_timeout: float = 10.0, pool_size: int = 4,
-) -> PgCollection:
-    """Create a new collection with ``settings`` in a PostgreSQL store."""
-    _check_pg_settings(settings)
-    _, schema = parse_store(dsn)
-    psycopg = _psycopg()
-    table = f"records_{uuid.uuid4().hex[:16]}"
-    with _connect(dsn) as conn:
-        _setup_schema(conn, schema, dsn)
+class PgStore(Store):
+    """Collections in one PostgreSQL schema: a registry table and one table per collection."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.location = mask_dsn(dsn)
+        _, self.schema = parse_store(dsn)
+
+    def _conn(self) -> psycopg.Connection[Any]:
+        conn = _connect(self.dsn)
         try:
-            with conn.transaction():
-                conn.execute(
-                    f"INSERT INTO {schema}.collections(name, tbl, format_version, settings) VALUES (%s, %s, %s, %s)",
-                    (settings.name, table, PG_FORMAT_VERSION, json.dumps(settings.to_meta())))
-                for stmt in _table_sql(schema, table, settings):
-                    conn.execute(stmt)
-        except psycopg.errors.UniqueViolation:
-            raise StoreError(f"collection {settings.name!r} already exists in {mask_dsn(dsn)!r}") from None
-        except psycopg.Error as exc:
-            raise StoreError(f"cannot create collection {settings.name!r} in {mask_dsn(dsn)!r}: {exc}") from exc
-    return PgCollection(dsn, schema, table, settings, enc, exact_below=exact_below, ef_search=ef_search,
-                        lock_timeout=lock_timeout, pool_size=pool_size)
+            _setup_schema(conn, self.schema, self.dsn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
+    def exists(self, name: str) -> bool:
+        with self._conn() as conn:
+            return _scalar(conn, f"SELECT 1 FROM {self.schema}.collections WHERE name = %s", (name,)) is not None
 
-def open_pg_collection(
-    name: str, dsn: str, enc: Encoder | None, metric: Metric | None, precision: Precision | None,
-    dims: int | None, dim: int | None, calibration: Int8Calibration | None, *, create: bool, hnsw_m: int,
-    ef_construction: int, ef_search: int, exact_below: int, lock_timeout: float, pool_size: int,
-) -> PgCollection:
-    """:func:`~embedsmith.store.open_collection` for a ``postgresql://`` store."""
-    _, schema = parse_store(dsn)
-    with _connect(dsn) as conn:
-        _setup_schema(conn, schema, dsn)
-        row = conn.execute(f"SELECT tbl, format_version, settings FROM {schema}.collections WHERE name = %s",
-                           (name,)).fetchone()
-    if row is None:
-        if not create:
-            raise StoreError(f"no collection {name!r} in {mask_dsn(dsn)!r}")
-        settings = new_settings(name, enc, metric or Metric.COSINE, precision or Precision.FLOAT32, dims, dim,
-                                calibration, hnsw_m, ef_construction)
-        try:
-            return create_pg_collection(dsn, settings, enc, ef_search=ef_search, exact_below=exact_below,
-                                        lock_timeout=lock_timeout, pool_size=pool_size)
-        except StoreError as exc:
-            if "already exists" not in str(exc):
-                raise
-            # Another process created it between our look and our insert: open theirs.
-            return open_pg_collection(name, dsn, enc, metric, precision, dims, dim, calibration, create=False,
-                                      hnsw_m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search,
-                                      exact_below=exact_below, lock_timeout=lock_timeout, pool_size=pool_size)
-    table, version, meta = row
-    if version > PG_FORMAT_VERSION:
-        raise StoreError(
-            f"collection {name!r} has PostgreSQL store format {version}; this embedsmith reads up to "
-            f"{PG_FORMAT_VERSION}: upgrade embedsmith"
-        )
-    settings = CollectionSettings.from_meta(meta)
-    check_requested(settings, metric, precision, dims, dim)
-    if enc is not None:
-        check_encoder(settings, enc)
-    return PgCollection(dsn, schema, table, settings, enc, exact_below=exact_below, ef_search=ef_search,
-                        lock_timeout=lock_timeout, pool_size=pool_size)
+    def names(self) -> list[str]:
+        with _connect(self.dsn) as conn:
+            if _scalar(conn, "SELECT to_regclass(%s)", (f"{self.schema}.collections",)) is None:
+                return []
+            return [r[0] for r in conn.execute(f"SELECT name FROM {self.schema}.collections ORDER BY name")]
 
+    def create(self, settings: CollectionSettings, encoder: Encoder | None, options: OpenOptions) -> PgCollection:
+        _check_pg_settings(settings)
+        if settings.identity is None:
+            settings = replace(settings, identity=new_identity())
+        psycopg = _psycopg()
+        table = f"records_{uuid.uuid4().hex[:16]}"
+        with self._conn() as conn:
+            try:
+                with conn.transaction():
+                    conn.execute(f"INSERT INTO {self.schema}.collections(name, tbl, format_version, settings) "
+                                 "VALUES (%s, %s, %s, %s)",
+                                 (settings.name, table, PG_FORMAT_VERSION, json.dumps(settings.to_meta())))
+                    for stmt in _table_sql(self.schema, table, settings):
+                        conn.execute(stmt)
+            except psycopg.errors.UniqueViolation:
+                raise CollectionExistsError(
+                    f"collection {settings.name!r} already exists in {self.location!r}") from None
+            except psycopg.Error as exc:
+                raise translate(exc, f"cannot create collection {settings.name!r} in {self.location!r}") from exc
+        return PgCollection(self.dsn, self.schema, table, settings, encoder, options)
 
-def list_pg_collections(dsn: str) -> list[str]:
-    """Names of the collections in a PostgreSQL store (none when its schema is not set up)."""
-    _, schema = parse_store(dsn)
-    with _connect(dsn) as conn:
-        if _scalar(conn, "SELECT to_regclass(%s)", (f"{schema}.collections",)) is None:
-            return []
-        return [r[0] for r in conn.execute(f"SELECT name FROM {schema}.collections ORDER BY name")]
-
-
-def delete_pg_collection(name: str, dsn: str, *, lock_timeout: float = 10.0) -> None:
-    """Drop a collection's table and registry row in one transaction."""
-    _, schema = parse_store(dsn)
-    psycopg = _psycopg()
-    with _connect(dsn) as conn:
-        _setup_schema(conn, schema, dsn)
-        try:
-            with conn.transaction():
-                conn.execute(f"SET LOCAL lock_timeout = '{int(lock_timeout * 1000)}ms'")
-                row = conn.execute(f"DELETE FROM {schema}.collections WHERE name = %s RETURNING tbl",
-                                   (name,)).fetchone()
+    def open(self, name: str, options: OpenOptions) -> PgCollection:
+        psycopg = _psycopg()
+        with self._conn() as conn:
+            try:
+                row = conn.execute(f"SELECT tbl, format_version, settings FROM {self.schema}.collections "
+                                   "WHERE name = %s", (name,)).fetchone()
                 if row is None:
-                    raise StoreError(f"no collection {name!r} in {mask_dsn(dsn)!r}")
-                conn.execute(f"DROP TABLE IF EXISTS {schema}.{_ident(row[0])}")
-        except psycopg.Error as exc:
-            raise StoreError(f"cannot delete collection {name!r} from {mask_dsn(dsn)!r}: {exc}") from exc
+                    raise self.not_found(name)
+                table, version, meta = row
+                if version > PG_FORMAT_VERSION:
+                    raise StoreError(
+                        f"collection {name!r} has PostgreSQL store format {version}; this embedsmith reads up to "
+                        f"{PG_FORMAT_VERSION}: upgrade embedsmith"
+                    )
+                if not meta.get("identity"):  # a collection from before identities adopts one, once
+                    meta = {**meta, "identity": new_identity()}
+                    conn.execute(f"UPDATE {self.schema}.collections SET settings = settings || %s::jsonb "
+                                 "WHERE name = %s AND NOT settings ? 'identity'",
+                                 (json.dumps({"identity": meta["identity"]}), name))
+                    meta = _scalar(conn, f"SELECT settings FROM {self.schema}.collections WHERE name = %s", (name,))
+            except psycopg.Error as exc:
+                raise translate(exc, f"cannot open collection {name!r} in {self.location!r}") from exc
+        return PgCollection(self.dsn, self.schema, table, CollectionSettings.from_meta(meta), None, options)
+
+    def delete(self, name: str, *, lock_timeout: float = 10.0) -> None:
+        """Drop a collection's table and registry row in one transaction."""
+        psycopg = _psycopg()
+        with self._conn() as conn:
+            try:
+                with conn.transaction():
+                    conn.execute(f"SET LOCAL lock_timeout = '{int(lock_timeout * 1000)}ms'")
+                    row = conn.execute(f"DELETE FROM {self.schema}.collections WHERE name = %s RETURNING tbl",
+                                       (name,)).fetchone()
+                    if row is None:
+                        raise self.not_found(name)
+                    conn.execute(f"DROP TABLE IF EXISTS {self.schema}.{_ident(row[0])}")
+            except psycopg.Error as exc:
+                raise translate(exc, f"cannot delete collection {name!r} from {self.location!r}") from exc
+
+    def rename(self, old: str, new: str) -> None:
+        psycopg = _psycopg()
+        with self._conn() as conn:
+            try:
+                conn.execute(f"UPDATE {self.schema}.collections SET name = %s, settings = settings || %s::jsonb "
+                             "WHERE name = %s", (new, json.dumps({"name": new}), old))
+            except psycopg.errors.UniqueViolation:
+                raise CollectionExistsError(f"collection {new!r} already exists in {self.location!r}") from None
+            except psycopg.Error as exc:
+                raise translate(exc, f"cannot rename collection {old!r}") from exc
 
 
-__all__ = ["PgCollection", "create_pg_collection", "delete_pg_collection", "list_pg_collections", "mask_dsn",
-           "open_pg_collection", "parse_store"]
+__all__ = ["PgCollection", "PgStore", "mask_dsn", "parse_store", "translate"]

@@ -1,39 +1,58 @@
 """The embedded store: SQLite is the source of truth, a faiss HNSW file is a derived cache.
 
 Every public write is one SQLite transaction (WAL, ``synchronous=FULL``): once a call returns, the write
-survives a crash or ``kill -9``. The ANN index lives in memory, is saved at intervals and on close, and
-is caught up from SQLite on open and before each search, so a search sees every write acknowledged
-before it began, in this process or any other. Deleted rows are flagged (soft delete), filtered out at
-query time, and dropped by :meth:`Collection.compact`.
+survives a crash or ``kill -9``. The ANN index lives in memory, is saved at intervals and on close, and is
+caught up from SQLite on open and before each search, so a search sees every write acknowledged before it
+began, in this process or any other. Catching up reads the new rows and the sequence they end at in one read
+transaction, so a commit landing meanwhile can never move the stamp past rows the index lacks. Deleted rows
+are flagged (soft delete), filtered out at query time, and dropped by :meth:`Collection.compact`.
 
 One writer at a time: a second process that writes while another holds the write lock waits up to
-``lock_timeout`` seconds, then gets a :class:`~embedsmith.errors.StoreError`. Readers never block.
+``lock_timeout`` seconds, then gets a :class:`~embedsmith.errors.CollectionBusyError`. Readers never block.
+
+A collection deleted by another process is first marked deleted under the write lock, then its folder is
+moved away; a handle notices either (the mark, or its database file being another file than the one it
+opened) and raises :class:`~embedsmith.errors.CollectionNotFoundError`; it never saves its index into a folder
+that now holds another collection. A store whose folder cannot be written opens read-only.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import time
+import uuid
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 
-from ..errors import InvalidInputError, StoreError
-from ..quantization import Int8Calibration
+from ..errors import (
+    CollectionBusyError,
+    CollectionExistsError,
+    CollectionNotFoundError,
+    InvalidInputError,
+    StoreCorruptError,
+    StoreError,
+    StoreReadOnlyError,
+)
 from ..types import Encoder, Metric, Precision
-from .ann import AnnIndex, DamagedIndexError, IndexSpec
+from .ann import FORMAT as ANN_FORMAT
+from .ann import AnnIndex, DamagedIndexError, IndexSpec, locked, verify_file
+from .base import Candidate, Collection, RecordBatch, Store, VerifyReport, best_first
 from .bm25 import FTS_SCHEMA, INDEX_ROWS, SEARCH_VIEW, UNINDEX_ROWS, match_expression
-from .collection import Batch, Collection, CollectionSettings, Ranked, check_requested, new_settings
-from .filters import Where, compile_where
+from .filters import CompiledFilter, Where, compile_where, sqlite_json_path
+from .settings import CollectionSettings, OpenOptions, new_identity
 
 FORMAT_VERSION = 3  # 2: FTS5 index for bm25 and hybrid search; 3: records.index_text
-_SQL_VARS = 900  # stay below SQLite's host-parameter limit
+DB_NAME = "collection.sqlite"
+_SQL_VARS = 900  # ids per statement: far below any SQLite build's host-parameter limit
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -44,7 +63,7 @@ CREATE TABLE IF NOT EXISTS records(
     metadata TEXT NOT NULL DEFAULT '{}',
     text TEXT,
     index_text TEXT,
-    vector BLOB NOT NULL  -- last: a 1.5 KB blob spills to overflow pages, which reads of the other columns skip
+    vector BLOB NOT NULL  -- last: reads of the other columns stop before it
 );
 CREATE UNIQUE INDEX IF NOT EXISTS records_live_id ON records(id) WHERE deleted = 0;
 CREATE INDEX IF NOT EXISTS records_dead ON records(seq) WHERE deleted = 1;
@@ -52,8 +71,29 @@ CREATE INDEX IF NOT EXISTS records_dead ON records(seq) WHERE deleted = 1;
 
 
 class IndexRebuildWarning(RuntimeWarning):
-    """The ANN index file was missing or damaged and is being rebuilt from the database."""
+    """The ANN index file was missing, damaged or foreign and is being rebuilt from the database."""
 
+
+class IndexSaveWarning(RuntimeWarning):
+    """The ANN index file could not be saved; the records are safe in the database and it is retried later."""
+
+
+def translate(exc: sqlite3.Error, what: str) -> StoreError | InvalidInputError:
+    """Our error for a sqlite3 error, chosen by its result code (never by its message)."""
+    code = getattr(exc, "sqlite_errorname", "") or ""
+    if code.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return CollectionBusyError(f"{what}: the collection is being written by another process ({exc})")
+    if code.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
+        return StoreCorruptError(f"{what}: the database is damaged ({exc}); restore it from a snapshot "
+                                 "(embedsmith restore) or run embedsmith verify for details")
+    if code.startswith("SQLITE_READONLY"):
+        return StoreReadOnlyError(f"{what}: the store cannot be written ({exc})")
+    if code == "SQLITE_FULL":
+        return StoreError(f"{what}: the disk is full ({exc}); nothing of this write was stored")
+    if code.startswith("SQLITE_CONSTRAINT_UNIQUE"):
+        return InvalidInputError(f"{what}: an id is already in the collection (added meanwhile by another "
+                                 "process); use upsert to replace it")
+    return StoreError(f"{what}: {exc}")
 
 
 def index_spec(s: CollectionSettings) -> IndexSpec:
@@ -65,6 +105,22 @@ def _chunks(items: Sequence[Any], size: int = _SQL_VARS) -> Iterator[Sequence[An
         yield items[i : i + size]
 
 
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _metadata(text: str) -> dict[str, Any]:
+    return {} if text == "{}" else json.loads(text)
+
+
 class SqliteCollection(Collection):
     """A collection in the embedded store (a folder with ``collection.sqlite`` and the ANN index file).
 
@@ -72,140 +128,239 @@ class SqliteCollection(Collection):
     acknowledged is lost without it; the next open only catches up longer).
     """
 
-    def __init__(
-        self,
-        folder: Path,
-        conn: sqlite3.Connection,
-        settings: CollectionSettings,
-        encoder: Encoder | None,
-        *,
-        exact_below: int,
-        ef_search: int,
-        save_every: int,
-        save_interval_s: float,
-    ) -> None:
-        super().__init__(settings, encoder, exact_below=exact_below, ef_search=ef_search)
+    def __init__(self, folder: Path, conn: sqlite3.Connection, settings: CollectionSettings,
+                 encoder: Encoder | None, options: OpenOptions, *, read_only: bool, generation: int) -> None:
+        super().__init__(settings, encoder, options)
         self.folder = folder
+        self.read_only = read_only
+        self._db_path = folder / DB_NAME
+        self._file = _file_id(self._db_path)
         self._conn = conn
-        self._save_every = save_every
-        self._save_interval_s = save_interval_s
+        self._generation = generation
+        self._gone = False
         self._unsaved = 0
         self._last_save = time.monotonic()
         self._data_version = -1
         self._live = 0
         self._dead = 0  # deleted rows still in the ANN graph
         self._reader: sqlite3.Connection | None = None
-        self._index = self._load_index()
-        self._sync(force=True)
+        with self._errors(), self._lock:
+            with self._read():
+                self._index = self._load_index()
+            self._sync(force=True)
 
-    # -- SQLite helpers ------------------------------------------------------------------------------
+    # -- the boundary ---------------------------------------------------------------------------------
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One immediate transaction: all of it is committed, or none of it."""
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise translate(exc, f"collection {self.name!r}") from exc
+
+    def _check_alive(self) -> None:
+        """Raise when this handle's collection was closed, deleted or replaced (its file is another file)."""
         if self._closed:
             raise StoreError(f"collection {self.name!r} is closed")
+        if self._gone or _file_id(self._db_path) != self._file:
+            self._gone = True
+            raise CollectionNotFoundError(
+                f"collection {self.name!r} was deleted or replaced by another process (in {str(self.folder)!r}); "
+                "open it again"
+            )
+
+    def _check_meta(self) -> None:
+        """Inside a transaction: the collection is not marked deleted, and a compaction elsewhere is noticed."""
+        meta = dict(self._conn.execute("SELECT key, value FROM meta WHERE key IN ('deleted', 'generation')"))
+        if meta.get("deleted"):
+            self._gone = True
+            raise CollectionNotFoundError(f"collection {self.name!r} was deleted by another process; open it again")
+        generation = int(meta.get("generation", 0))
+        if generation != self._generation:  # compacted by another process: its rows and index file changed
+            self._generation = generation
+            self._index = self._load_index()
+            self._data_version = -1
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """One read transaction: every statement in it sees the same snapshot."""
+        self._conn.execute("BEGIN")
+        try:
+            yield self._conn
+        finally:
+            if self._conn.in_transaction:
+                self._conn.execute("COMMIT")
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One immediate transaction holding the write lock, caught up first: all of it commits, or none."""
+        self._check_alive()
+        if self.read_only:
+            raise StoreReadOnlyError(
+                f"collection {self.name!r} is open read-only: {str(self.folder)!r} cannot be written by this user"
+            )
         try:
             self._conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
-            if "locked" in str(exc) or "busy" in str(exc):
-                raise StoreError(
+            if getattr(exc, "sqlite_errorname", "").startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+                raise CollectionBusyError(
                     f"collection {self.name!r} is being written by another process; waited "
-                    f"{self._conn.execute('PRAGMA busy_timeout').fetchone()[0] / 1000:.0f} s for its lock"
+                    f"{self._options.lock_timeout:g} s for its lock"
                 ) from exc
-            raise StoreError(f"cannot write collection {self.name!r}: {exc}") from exc
-        try:
-            yield self._conn
-        except BaseException:
-            self._conn.execute("ROLLBACK")
             raise
-        else:
-            try:
-                self._conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self._conn.execute("ROLLBACK")
-                raise StoreError(f"cannot commit to collection {self.name!r}: {exc}") from exc
+        try:
+            # Holding the write lock, nobody else can commit until we do: catching up here makes the
+            # in-memory index and counts exactly "synced + this write" after the commit.
+            self._check_meta()
+            self._refresh()
+            yield self._conn
+            self._conn.execute("COMMIT")
+        except BaseException:
+            if self._conn.in_transaction:  # SQLite may already have rolled back (e.g. disk full)
+                try:
+                    self._conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # the error being raised says what went wrong
+            raise
 
+    # -- catching up ----------------------------------------------------------------------------------
     def _max_seq(self) -> int:
         row = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
         return int(row[0]) if row else 0
 
+    def _rows_through(self, seq: int) -> int:
+        """Rows (live and deleted) with sequence numbers up to ``seq``: what an index stamped ``seq`` holds.
+        Both counts read small partial indexes, not the rows (which hold the vectors)."""
+        live = self._conn.execute(
+            "SELECT COUNT(*) FROM records INDEXED BY records_live_id WHERE deleted = 0 AND seq <= ?", (seq,)
+        ).fetchone()[0]
+        dead = self._conn.execute(
+            "SELECT COUNT(*) FROM records INDEXED BY records_dead WHERE deleted = 1 AND seq <= ?", (seq,)
+        ).fetchone()[0]
+        return int(live) + int(dead)
+
     def _sync(self, *, force: bool = False) -> None:
         """Catch up with commits made by other connections (and processes) since the last look."""
+        self._check_alive()
+        if not force and self._conn.execute("PRAGMA data_version").fetchone()[0] == self._data_version:
+            return
+        with self._read():
+            self._check_meta()
+            self._refresh(force=True)
+
+    def _refresh(self, *, force: bool = False) -> None:
+        """Inside a transaction: add rows past the index's stamp, and recount, when others committed."""
         version = self._conn.execute("PRAGMA data_version").fetchone()[0]
         if not force and version == self._data_version:
             return
-        self._data_version = version
         self._catch_up()
-        # Both counts read small partial indexes, not the rows (which hold the vectors).
         self._live = self._conn.execute(
-            "SELECT COUNT(*) FROM records INDEXED BY records_live_id WHERE deleted = 0"
-        ).fetchone()[0]
+            "SELECT COUNT(*) FROM records INDEXED BY records_live_id WHERE deleted = 0").fetchone()[0]
         self._dead = self._conn.execute(
             "SELECT COUNT(*) FROM records INDEXED BY records_dead WHERE deleted = 1 AND seq <= ?",
-            (self._index.last_seq,),
-        ).fetchone()[0]
+            (self._index.last_seq,)).fetchone()[0]
+        self._data_version = version
 
     def _catch_up(self) -> None:
-        """Add rows newer than the index's stamp to the in-memory index."""
-        if self._max_seq() <= self._index.last_seq:
+        """Inside a transaction: add every row newer than the index's stamp (deleted ones too, so the stamp
+        can be checked with a count), and stamp it with the last sequence number of the same snapshot."""
+        top = self._max_seq()
+        if top <= self._index.last_seq:
             return
-        cur = self._conn.execute(
-            "SELECT seq, vector FROM records WHERE seq > ? AND deleted = 0 ORDER BY seq", (self._index.last_seq,)
-        )
-        added = 0
+        cur = self._conn.execute("SELECT seq, vector FROM records WHERE seq > ? AND seq <= ? ORDER BY seq",
+                                 (self._index.last_seq, top))
         while rows := cur.fetchmany(20_000):
             keys = np.fromiter((r[0] for r in rows), np.int64, len(rows))
             self._index.add(keys, self._decode([r[1] for r in rows]))
-            added += len(rows)
-        # Rows that were written and deleted before we saw them still move the stamp forward.
-        self._index.last_seq = max(self._index.last_seq, self._max_seq())
-        self._unsaved += added
+            self._unsaved += len(rows)
+        self._index.last_seq = top  # rows written and dropped by a compaction before we saw them
 
     def _decode(self, blobs: Sequence[bytes]) -> np.ndarray:
         return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), self.settings.dim)
 
     def _load_index(self) -> AnnIndex:
+        """Inside a read transaction: the saved index if it is this collection's and holds exactly the rows up
+        to its stamp; otherwise an empty one (caught up from the rows next), with a warning."""
         spec = index_spec(self.settings)
         try:
-            return AnnIndex.load(self.folder, spec)
+            index, stamp = AnnIndex.load(self.folder, spec, identity=self.settings.identity,
+                                         generation=self._generation)
+            if stamp.get("format") != ANN_FORMAT:
+                self._adopt(index)
+            elif index.last_seq > self._max_seq():
+                raise DamagedIndexError(f"its stamp ({index.last_seq}) is past the database's last write")
+            else:
+                rows = self._rows_through(index.last_seq)
+                if rows != index.ntotal:
+                    raise DamagedIndexError(f"it holds {index.ntotal} vectors; the database has {rows} rows up to "
+                                            f"its stamp {index.last_seq}")
+            return index
         except DamagedIndexError as exc:
-            has_rows = self._conn.execute("SELECT 1 FROM records LIMIT 1").fetchone() is not None
-            if has_rows:
-                warnings.warn(
-                    f"ANN index of collection {self.name!r} is unusable ({exc}); rebuilding it from the database",
-                    IndexRebuildWarning,
-                    stacklevel=5,
-                )
+            if self._conn.execute("SELECT 1 FROM records LIMIT 1").fetchone() is not None:
+                warnings.warn(f"ANN index of collection {self.name!r} is unusable ({exc}); rebuilding it from "
+                              "the database", IndexRebuildWarning, stacklevel=6)
             return AnnIndex(spec)
 
+    def _adopt(self, index: AnnIndex) -> None:
+        """An index saved by an earlier format left out rows deleted before it saw them (and, through a race
+        since fixed, some live ones): add whatever rows up to its stamp it lacks, once, instead of rebuilding."""
+        import faiss
+
+        held = set(faiss.vector_to_array(index.index.id_map).tolist())
+        seqs = [r[0] for r in self._conn.execute("SELECT seq FROM records WHERE seq <= ?", (index.last_seq,))
+                if r[0] not in held]
+        for part in _chunks(seqs):
+            rows = self._conn.execute(f"SELECT seq, vector FROM records WHERE seq IN ({_marks(len(part))}) "
+                                      "ORDER BY seq", tuple(part)).fetchall()
+            stamp = index.last_seq
+            index.add(np.array([r[0] for r in rows], np.int64), self._decode([r[1] for r in rows]))
+            index.last_seq = stamp
+        self._unsaved += max(1, len(seqs))  # saved again in the new format
+
+    # -- saving the index -----------------------------------------------------------------------------
+    def _still_ours(self) -> bool:
+        return not self._gone and _file_id(self._db_path) == self._file
+
+    def save_index(self, *, force: bool = False) -> None:
+        """Write the ANN index file now (it is also saved at intervals and on close).
+
+        A failure is a warning (:class:`IndexSaveWarning`), never an error: the rows are in the database, and
+        the save is retried later. An equal or newer index saved by another process is kept unless ``force``.
+        """
+        with self._lock:
+            if self.read_only or not self._still_ours():
+                return
+            try:
+                with locked(self.folder / "ann.lock"):
+                    if not self._still_ours():  # deleted or replaced meanwhile: never save into another's folder
+                        self._gone = True
+                        return
+                    self._index.save(self.folder, identity=str(self.settings.identity),
+                                     generation=self._generation, force=force)
+                self._unsaved = 0
+            except (OSError, RuntimeError) as exc:
+                warnings.warn(f"could not save the ANN index of collection {self.name!r} ({exc}); the records are "
+                              "safe in the database, and the save is retried later", IndexSaveWarning, stacklevel=3)
+            self._last_save = time.monotonic()
+
     def _after_write(self) -> None:
-        due = self._unsaved >= self._save_every or (
-            self._unsaved and time.monotonic() - self._last_save >= self._save_interval_s
+        due = self._unsaved >= self._options.save_every or (
+            self._unsaved and time.monotonic() - self._last_save >= self._options.save_interval_s
         )
         if due:
             self.save_index()
 
-    def save_index(self) -> None:
-        """Write the ANN index file now (it is also saved at intervals and on close)."""
-        with self._lock:
-            self._index.save(self.folder)
-            self._unsaved = 0
-            self._last_save = time.monotonic()
-
-    def _compile_where(self, where: Where | None) -> tuple[str, list[Any]]:
+    # -- writes ---------------------------------------------------------------------------------------
+    def _compile_where(self, where: Where | None) -> CompiledFilter:
         return compile_where(where)
 
-    def _reject_existing(self, ids: list[str]) -> None:
+    def _live_ids(self, ids: list[str]) -> list[str]:
         found: list[str] = []
-        for part in _chunks(ids):
-            marks = ",".join("?" * len(part))
-            found += [r[0] for r in self._conn.execute(
-                f"SELECT id FROM records WHERE deleted = 0 AND id IN ({marks})", tuple(part))]
-        if found:
-            shown = ", ".join(repr(x) for x in found[:5]) + (" ..." if len(found) > 5 else "")
-            raise InvalidInputError(
-                f"{len(found)} id(s) already in collection {self.name!r}: {shown}; use upsert to replace them"
-            )
+        with self._lock:
+            self._check_alive()
+            for part in _chunks(ids):
+                found += [r[0] for r in self._conn.execute(
+                    f"SELECT id FROM records WHERE deleted = 0 AND id IN ({_marks(len(part))})", tuple(part))]
+        return found
 
     @staticmethod
     def _soft_delete(db: sqlite3.Connection, cond: str, params: Sequence[Any]) -> int:
@@ -215,107 +370,109 @@ class SqliteCollection(Collection):
 
     def _insert(
         self, ids: list[str], texts: Sequence[str | None], meta: list[str], vectors: np.ndarray, *, replace: bool,
-        delete_where: tuple[str, list[Any]] | None = None, index_texts: Sequence[str | None] | None = None,
-    ) -> list[str]:
+        delete_where: CompiledFilter | None = None, index_texts: Sequence[str | None] | None = None,
+    ) -> None:
         if not ids and delete_where is None:
-            return []
+            return
+        extra = [None if x == t else x for x, t in zip(index_texts, texts, strict=True)] \
+            if index_texts is not None else [None] * len(ids)
         with self._lock:
-            self._sync()
             replaced = 0
-            try:
-                with self._write() as db:
-                    if replace:
-                        for part in _chunks(ids):
-                            cond = f"deleted = 0 AND id IN ({','.join('?' * len(part))})"
-                            replaced += self._soft_delete(db, cond, tuple(part))
-                    if delete_where is not None:
-                        replaced += self._soft_delete(db, f"deleted = 0 AND {delete_where[0]}", delete_where[1])
-                    first = self._max_seq() + 1
-                    extra = [None if x == t else x for x, t in zip(index_texts, texts, strict=True)] \
-                        if index_texts is not None else [None] * len(ids)
-                    db.executemany(
-                        "INSERT INTO records(id, text, metadata, vector, index_text) VALUES (?, ?, ?, ?, ?)",
-                        zip(ids, texts, meta, (row.tobytes() for row in vectors), extra, strict=True),
-                    )
-                    db.execute(INDEX_ROWS.format(where="seq >= ?"), (first,))
-            except sqlite3.IntegrityError as exc:  # another process added one of these ids meanwhile
-                raise InvalidInputError(f"an id is already in collection {self.name!r}: {exc}") from None
-            self._data_version = self._conn.execute("PRAGMA data_version").fetchone()[0]
-            if first == self._index.last_seq + 1:
-                self._index.add(np.arange(first, first + len(ids), dtype=np.int64), vectors)
-                self._unsaved += len(ids)
-            else:
-                self._catch_up()
+            with self._write() as db:
+                if replace:
+                    for part in _chunks(ids):
+                        replaced += self._soft_delete(db, f"deleted = 0 AND id IN ({_marks(len(part))})", part)
+                if delete_where is not None:
+                    replaced += self._soft_delete(db, "deleted = 0" + delete_where.and_sql(), delete_where.params)
+                first = self._max_seq() + 1
+                db.executemany(
+                    "INSERT INTO records(id, text, metadata, vector, index_text) VALUES (?, ?, ?, ?, ?)",
+                    zip(ids, texts, meta, (row.tobytes() for row in vectors), extra, strict=True),
+                )
+                db.execute(INDEX_ROWS.format(where="seq >= ?"), (first,))
+            # Committed. The index was caught up inside the transaction, so these rows come next.
+            self._index.add(np.arange(first, first + len(ids), dtype=np.int64), vectors)
+            self._unsaved += len(ids)
             self._live += len(ids) - replaced
             self._dead += replaced
             self._after_write()
-        return ids
 
-    def _delete(self, ids: list[str] | None, flt: tuple[str, list[Any]] | None) -> int:
+    def _delete(self, ids: list[str] | None, flt: CompiledFilter | None) -> int:
         with self._lock:
-            self._sync()
             n = 0
             with self._write() as db:
                 if ids is not None:
                     for part in _chunks(ids):
-                        n += self._soft_delete(db, f"deleted = 0 AND id IN ({','.join('?' * len(part))})", part)
+                        n += self._soft_delete(db, f"deleted = 0 AND id IN ({_marks(len(part))})", part)
                 elif flt is not None:
-                    n = self._soft_delete(db, f"deleted = 0 AND {flt[0]}", flt[1])
-            self._data_version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+                    n = self._soft_delete(db, "deleted = 0" + flt.and_sql(), flt.params)
             self._live -= n
             self._dead += n
         return n
 
-    def compact(self, *, reindex: bool = False) -> dict[str, int]:
+    def _compact(self, *, reindex: bool) -> dict[str, int]:
         """Drop deleted rows, reclaim disk (VACUUM) and rebuild the ANN index without them (always: ``reindex``
-        is accepted for the PostgreSQL backend's sake)."""
+        is accepted for the PostgreSQL backend's sake). Another process's handle notices the new generation."""
         with self._lock:
-            self._sync()
             with self._write() as db:
                 dropped = db.execute("DELETE FROM records WHERE deleted = 1").rowcount
+                db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('generation', ?)",
+                           (str(self._generation + 1),))
+            self._generation += 1
             before = self._db_bytes()
             self._conn.execute("VACUUM")
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            self._index = AnnIndex(index_spec(self.settings))
-            self._index.last_seq = 0
-            self._catch_up()
-            self.save_index()
-            self._sync(force=True)
+            self._rebuild_index()
             return {"dropped": dropped, "bytes_before": before, "bytes_after": self._db_bytes()}
 
+    def _rebuild_index(self) -> int:
+        self._index = AnnIndex(index_spec(self.settings))
+        self._sync(force=True)
+        self.save_index(force=True)
+        return self._index.ntotal
+
     # -- reads ----------------------------------------------------------------------------------------
-    def count(self) -> int:
-        """Live (not deleted) records, including writes by other processes."""
+    def _count_live(self) -> int:
         with self._lock:
             self._sync()
             return int(self._live)
 
-    def _get(self, ids: list[str] | None, flt: tuple[str, list[Any]] | None, limit: int | None,
+    def _count_estimate(self) -> int:
+        return self._count_live()
+
+    def _count(self, flt: CompiledFilter) -> int:
+        with self._lock:
+            self._sync()
+            if flt.matches_all:
+                return int(self._live)
+            return int(self._conn.execute(f"SELECT COUNT(*) FROM records WHERE deleted = 0{flt.and_sql()}",
+                                          flt.params).fetchone()[0])
+
+    def _get(self, ids: list[str] | None, flt: CompiledFilter | None, limit: int | None,
              include_vectors: bool) -> list[tuple[Any, ...]]:
         cols = "id, text, metadata, vector" if include_vectors else "id, text, metadata"
         rows: list[tuple[Any, ...]] = []
         with self._lock:
+            self._check_alive()
             if flt is not None:
-                lim = f" LIMIT {limit}" if limit is not None else ""
+                lim = f" LIMIT {int(limit)}" if limit is not None else ""
                 rows = self._conn.execute(
-                    f"SELECT {cols} FROM records WHERE deleted = 0 AND {flt[0]} ORDER BY seq{lim}", flt[1]
+                    f"SELECT {cols} FROM records WHERE deleted = 0{flt.and_sql()} ORDER BY seq{lim}", flt.params
                 ).fetchall()
             else:
                 for part in _chunks(ids or []):
-                    marks = ",".join("?" * len(part))
                     rows += self._conn.execute(
-                        f"SELECT {cols} FROM records WHERE deleted = 0 AND id IN ({marks})", tuple(part)
+                        f"SELECT {cols} FROM records WHERE deleted = 0 AND id IN ({_marks(len(part))})", tuple(part)
                     ).fetchall()
         if include_vectors:
-            return [(*r[:3], np.frombuffer(r[3], dtype=np.float32)) for r in rows]
-        return rows
+            return [(r[0], r[1], _metadata(r[2]), np.frombuffer(r[3], dtype=np.float32)) for r in rows]
+        return [(r[0], r[1], _metadata(r[2])) for r in rows]
 
     def _distinct(self, fields: tuple[str, ...]) -> set[tuple[Any, ...]]:
-        cols = ", ".join("json_extract(metadata, ?)" for _ in fields)
-        paths = tuple("$." + json.dumps(f) for f in fields)
+        cols = ", ".join(f"json_extract(metadata, {sqlite_json_path(f)})" for f in fields)
         with self._lock:
-            return {tuple(r) for r in self._conn.execute(f"SELECT DISTINCT {cols} FROM records WHERE deleted = 0",
-                                                           paths)}
+            self._check_alive()
+            return {tuple(r) for r in self._conn.execute(f"SELECT DISTINCT {cols} FROM records WHERE deleted = 0")}
 
     def _exact_scores(self, q: np.ndarray, vectors: np.ndarray) -> np.ndarray:
         m = self.settings.metric
@@ -325,15 +482,14 @@ class SqliteCollection(Collection):
             return -np.sqrt(((vectors - q) ** 2).sum(axis=1))
         return -np.abs(vectors - q).sum(axis=1)
 
-    def _bm25(self, query: str, n: int, flt: tuple[str, list[Any]], *, reader: bool = False) -> list[Ranked]:
+    def _bm25(self, query: str, n: int, flt: CompiledFilter, *, reader: bool = False) -> list[Candidate]:
         """Top ``n`` live rows by FTS5 BM25 (score = -bm25(), higher is better), ties by id.
 
         With ``reader``, runs on a second, read-only connection (from the bm25 worker thread only); a new
         statement there sees every transaction committed before it started.
         """
         expr = match_expression(query)
-        sql, params = flt
-        if sql == "1":
+        if flt.matches_all:
             # Unfiltered: FTS5's own top-n by rank (deleted rows are already out of the FTS index).
             stmt = ("SELECT -top.rank, records.id, records.text, records.metadata FROM "
                     "(SELECT rowid, rank FROM fts WHERE fts MATCH ? ORDER BY rank LIMIT ?) AS top "
@@ -341,106 +497,189 @@ class SqliteCollection(Collection):
             args: tuple[Any, ...] = (expr, n)
         else:
             stmt = ("SELECT -fts.rank, records.id, records.text, records.metadata FROM fts "
-                    f"JOIN records ON records.seq = fts.rowid WHERE fts MATCH ? AND records.deleted = 0 AND {sql} "
-                    "ORDER BY fts.rank LIMIT ?")
-            args = (expr, *params, n)
+                    f"JOIN records ON records.seq = fts.rowid WHERE fts MATCH ? AND records.deleted = 0"
+                    f"{flt.and_sql()} ORDER BY fts.rank LIMIT ?")
+            args = (expr, *flt.params, n)
         if reader:
             if self._reader is None:
-                self._reader = sqlite3.connect(f"file:{self.folder / 'collection.sqlite'}?mode=ro", uri=True,
-                                               check_same_thread=False)
+                self._reader = _connect_read_only(self._db_path, self._options.lock_timeout,
+                                                  immutable=self._immutable)
             rows = self._reader.execute(stmt, args).fetchall()
         else:
             with self._lock:
+                self._check_alive()
                 rows = self._conn.execute(stmt, args).fetchall()
-        return sorted(rows, key=lambda h: (-h[0], h[1]))
+        return best_first(Candidate(r[0], r[1], r[2], _metadata(r[3])) for r in rows)
 
-    def _dense(self, q: np.ndarray, k: int, flt: tuple[str, list[Any]], *, ef: int, exact: bool,
-               rescore: int | None) -> list[Ranked]:
-        """Top ``k`` live rows by vector similarity: (score, id, text, metadata JSON)."""
-        sql, params = flt
+    _immutable = False
+
+    def _ann(self, q: np.ndarray, k: int, flt: CompiledFilter, *, ef: int, exact: bool,
+             factor: int) -> list[Candidate]:
         s = self.settings
-        approximate_codes = s.precision is not Precision.FLOAT32 or s.dims < s.dim
-        factor = rescore or (10 if s.precision is Precision.BINARY else 4 if approximate_codes else 1)
-        filtered = sql != "1"
+        approximate = s.precision is not Precision.FLOAT32 or s.dims < s.dim
         with self._lock:
             self._sync()
-            use_exact = exact or self._live <= self.exact_below
             # Oversample for rescoring, filters and deleted rows still in the graph; beyond the cap the
-            # exact scan below takes over.
-            want = min(k * factor * (10 if filtered else 1) + self._dead, max(10_000, k * factor * 10))
-            keys, scores = self._index.search(q, want, ef=ef, exact=use_exact)
-            if approximate_codes:
-                hits = self._rank(q, self._fetch(keys, sql, params, vectors=True), k)
-            else:  # the graph's scores are exact: no need to read vectors back
-                score_of = dict(zip(keys.tolist(), scores.tolist(), strict=True))
-                rows = self._fetch(keys, sql, params, vectors=False)
-                hits = sorted(((score_of[r[0]], r[1], r[2], r[3]) for r in rows), key=lambda h: (-h[0], h[1]))[:k]
-            if len(hits) < k:
-                matching = self._conn.execute(
-                    f"SELECT COUNT(*) FROM records WHERE deleted = 0 AND {sql}", params
-                ).fetchone()[0]
-                if matching > len(hits):  # the graph missed some: scan the matching rows exactly
-                    hits = self._scan(q, sql, params, k)
-        return hits
+            # exact scan takes over (Collection._dense).
+            want = min(k * factor * (1 if flt.matches_all else 10) + self._dead, max(10_000, k * factor * 10))
+            keys, scores = self._index.search(q, want, ef=ef, exact=exact)
+            if not approximate and s.metric is Metric.COSINE and scores.size and float(np.abs(scores).max()) > 1.001:
+                # Cosines of unit vectors lie in [-1, 1]: the index file was damaged after it was checked.
+                warnings.warn(f"ANN index of collection {self.name!r} gave a cosine of {float(scores.max()):.3g}; "
+                              "it is damaged, rebuilding it from the database", IndexRebuildWarning, stacklevel=4)
+                self._rebuild_index()
+                keys, scores = self._index.search(q, want, ef=ef, exact=exact)
+            if approximate:
+                rows = self._fetch(keys, flt, vectors=True)
+                if not rows:
+                    return []
+                exact_scores = self._exact_scores(q, self._decode([r[3] for r in rows]))
+                return best_first(Candidate(float(sc), r[0], r[1], _metadata(r[2]))
+                                  for sc, r in zip(exact_scores, rows, strict=True))[:k]
+            score_of = dict(zip(keys.tolist(), scores.tolist(), strict=True))  # the graph's scores are exact
+            rows = self._fetch(keys, flt, vectors=False)
+            return best_first(Candidate(score_of[r[0]], r[1], r[2], _metadata(r[3])) for r in rows)[:k]
 
-    def _fetch(self, keys: np.ndarray, sql: str, params: list[Any], *, vectors: bool) -> list[tuple[Any, ...]]:
+    def _fetch(self, keys: np.ndarray, flt: CompiledFilter, *, vectors: bool) -> list[tuple[Any, ...]]:
         """Live rows among ``keys`` that pass the filter: (id, text, metadata, vector) or (seq, id, text, metadata)."""
         rows: list[tuple[Any, ...]] = []
         cols = "id, text, metadata, vector" if vectors else "seq, id, text, metadata"
-        key_list = keys.tolist()
-        for part in _chunks(key_list, _SQL_VARS - len(params)):
-            marks = ",".join("?" * len(part))
+        for part in _chunks(keys.tolist()):
             rows += self._conn.execute(
-                f"SELECT {cols} FROM records WHERE seq IN ({marks}) AND deleted = 0 AND {sql}", (*part, *params)
+                f"SELECT {cols} FROM records WHERE seq IN ({_marks(len(part))}) AND deleted = 0{flt.and_sql()}",
+                (*part, *flt.params),
             ).fetchall()
         return rows
 
-    def _rank(self, q: np.ndarray, rows: Sequence[tuple[Any, ...]], k: int) -> list[Ranked]:
-        if not rows:
-            return []
-        scores = self._exact_scores(q, self._decode([r[3] for r in rows]))
-        ranked = sorted(
-            ((float(sc), r[0], r[1], r[2]) for sc, r in zip(scores, rows, strict=True)),
-            key=lambda h: (-h[0], h[1]),
-        )
-        return ranked[:k]
-
-    def _scan(self, q: np.ndarray, sql: str, params: list[Any], k: int) -> list[Ranked]:
-        best: list[Ranked] = []
-        cur = self._conn.execute(f"SELECT id, text, metadata, vector FROM records WHERE deleted = 0 AND {sql}", params)
-        while rows := cur.fetchmany(20_000):
-            best = sorted([*best, *self._rank(q, rows, k)], key=lambda h: (-h[0], h[1]))[:k]
+    def _scan(self, q: np.ndarray, k: int, flt: CompiledFilter) -> list[Candidate]:
+        best: list[Candidate] = []
+        with self._lock:
+            self._check_alive()
+            cur = self._conn.execute(
+                f"SELECT id, text, metadata, vector FROM records WHERE deleted = 0{flt.and_sql()}", flt.params)
+            while rows := cur.fetchmany(20_000):
+                scores = self._exact_scores(q, self._decode([r[3] for r in rows]))
+                top = np.argsort(-scores, kind="stable")[: k]
+                best = best_first([*best, *(Candidate(float(scores[i]), rows[i][0], rows[i][1],
+                                                      _metadata(rows[i][2])) for i in top)])[:k]
         return best
 
+    def _export(self, batch: int) -> Iterator[RecordBatch]:
+        # A separate connection holds one read transaction for the whole export: a consistent snapshot that
+        # neither blocks this handle's other calls nor sees writes made while it runs.
+        conn = _connect_read_only(self._db_path, self._options.lock_timeout, immutable=self._immutable)
+        try:
+            conn.execute("BEGIN")
+            cur = conn.execute(
+                "SELECT id, text, index_text, metadata, vector FROM records WHERE deleted = 0 ORDER BY seq")
+            while rows := cur.fetchmany(batch):
+                yield RecordBatch([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
+                                  [_metadata(r[3]) for r in rows], self._decode([r[4] for r in rows]))
+        finally:
+            conn.close()
+
     # -- management -----------------------------------------------------------------------------------
-    def disk_bytes(self) -> int:
-        """Bytes on disk: database, WAL and index files."""
+    def _disk_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.folder.iterdir() if p.is_file())
 
     def _db_bytes(self) -> int:
-        files = (self.folder / "collection.sqlite", self.folder / "collection.sqlite-wal")
+        files = (self._db_path, Path(str(self._db_path) + "-wal"))
         return sum(p.stat().st_size for p in files if p.exists())
 
-    def info(self) -> dict[str, Any]:
-        s = self.settings
-        return {
-            "name": s.name, "count": self.count(), "model": s.model, "fingerprint": s.fingerprint,
-            "prompts": s.prompts, "dim": s.dim, "dims": s.dims, "precision": s.precision.value,
-            "metric": s.metric.value, "disk_bytes": self.disk_bytes(), "path": str(self.folder),
-            "index_vectors": self._index.ntotal,
-        }
+    def _location(self) -> str:
+        return str(self.folder)
 
-    def _export(self, batch: int) -> Iterator[Batch]:
-        cur = self._conn.execute(
-            "SELECT id, text, index_text, metadata, vector FROM records WHERE deleted = 0 ORDER BY seq")
-        while rows := cur.fetchmany(batch):
-            yield ([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows],
-                   self._decode([r[4] for r in rows]))
+    def _index_vectors(self) -> int:
+        with self._lock:
+            self._sync()
+            return self._index.ntotal
+
+    def backup(self, path: Path) -> int:
+        """Copy the database into ``path`` (SQLite's online backup: one consistent snapshot while writers run).
+        Returns the live records it holds."""
+        with self._errors(), self._lock:
+            self._check_alive()
+            dst = sqlite3.connect(str(path), isolation_level=None)
+            try:
+                self._conn.backup(dst)
+                dst.execute("PRAGMA journal_mode=DELETE")
+                return int(dst.execute("SELECT COUNT(*) FROM records WHERE deleted = 0").fetchone()[0])
+            finally:
+                dst.close()
+
+    def _verify(self, report: VerifyReport) -> None:
+        with self._lock:
+            self._check_alive()
+            try:
+                rows = [r[0] for r in self._conn.execute("PRAGMA integrity_check")]
+            except sqlite3.DatabaseError as exc:
+                rows = [str(exc)]
+            report.checks["database"] = "ok" if rows == ["ok"] else "damaged"
+            for line in rows[:20] if rows != ["ok"] else []:
+                report.problem(f"database: {line}")
+            if rows != ["ok"]:
+                return  # nothing else can be trusted; restore a snapshot
+            try:
+                self._conn.execute("INSERT INTO fts(fts) VALUES ('integrity-check')")
+                report.checks["bm25_index"] = "ok"
+            except sqlite3.DatabaseError as exc:
+                report.checks["bm25_index"] = "damaged"
+                report.problem(f"the BM25 (FTS5) index does not match the rows ({exc}); repair rebuilds it")
+            meta = dict(self._conn.execute("SELECT key, value FROM meta"))
+            try:
+                stored = CollectionSettings.from_meta(meta)
+                if stored != self.settings:
+                    report.problem("the settings in the database differ from those this handle opened with")
+            except (KeyError, ValueError, TypeError) as exc:
+                report.problem(f"the settings in the database do not parse: {exc!r}")
+            if not meta.get("identity"):
+                report.problem("the collection has no identity (written by an older embedsmith); repair adds one")
+            with self._read():
+                top = self._max_seq()
+                live = self._conn.execute("SELECT COUNT(*) FROM records WHERE deleted = 0").fetchone()[0]
+                report.checks.update(records=live, last_seq=top)
+                stamp, problems = verify_file(self.folder)
+                for p in problems:
+                    report.problem(p)
+                if stamp is not None and not problems:
+                    if stamp.get("identity") != self.settings.identity:
+                        report.problem("the ANN index file belongs to another collection; repair rebuilds it")
+                    elif stamp.get("generation") != self._generation:
+                        report.problem("the ANN index file predates the last compaction; repair rebuilds it")
+                    elif int(stamp.get("last_seq", 0)) > top:
+                        report.problem(f"the ANN index file is stamped {stamp.get('last_seq')}, past the last "
+                                       f"write {top}; repair rebuilds it")
+                    else:
+                        held = self._rows_through(int(stamp["last_seq"]))
+                        if held != stamp.get("ntotal"):
+                            report.problem(f"the ANN index file holds {stamp.get('ntotal')} vectors; the database "
+                                           f"has {held} rows up to its stamp; repair rebuilds it")
+                    report.checks["index_file"] = {"file": stamp.get("file"), "last_seq": stamp.get("last_seq"),
+                                                   "vectors": stamp.get("ntotal")}
+                in_memory = self._rows_through(self._index.last_seq)
+                if in_memory != self._index.ntotal:
+                    report.problem(f"this handle's ANN index holds {self._index.ntotal} vectors; the database has "
+                                   f"{in_memory} rows up to its stamp; repair rebuilds it")
+
+    def _repair(self) -> dict[str, Any]:
+        with self._lock:
+            with self._write() as db:
+                db.execute("INSERT INTO fts(fts) VALUES ('rebuild')")
+                if not self.settings.identity:
+                    identity = new_identity()
+                    db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('identity', ?)", (identity,))
+                    from dataclasses import replace
+
+                    self.settings = replace(self.settings, identity=identity)
+                bm25_rows = db.execute("SELECT COUNT(*) FROM records WHERE deleted = 0 AND "
+                                       "COALESCE(index_text, text) IS NOT NULL").fetchone()[0]
+            vectors = self._rebuild_index()
+            return {"ann_vectors": vectors, "bm25_rows": int(bm25_rows)}
 
     def _close(self) -> None:
-        """Save the ANN index if it changed, and close the database."""
+        """Save the ANN index if it changed (and the collection is still this handle's), close the database."""
         try:
-            if self._unsaved:
+            if self._unsaved and self._still_ours():
                 self.save_index()
         finally:
             if self._reader is not None:
@@ -448,6 +687,7 @@ class SqliteCollection(Collection):
             self._conn.close()
 
 
+# -- connections ---------------------------------------------------------------------------------------------
 def _connect(path: Path, lock_timeout: float) -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), timeout=lock_timeout, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -455,53 +695,39 @@ def _connect(path: Path, lock_timeout: float) -> sqlite3.Connection:
     return conn
 
 
-def open_sqlite_collection(
-    name: str, root: Path, enc: Encoder | None, metric: Metric | None, precision: Precision | None,
-    dims: int | None, dim: int | None, calibration: Int8Calibration | None, *, create: bool, hnsw_m: int,
-    ef_construction: int, ef_search: int, exact_below: int, lock_timeout: float, save_every: int,
-    save_interval_s: float,
-) -> SqliteCollection:
-    """:func:`~embedsmith.store.open_collection` for a folder store."""
-    folder = root / name
-    db_path = folder / "collection.sqlite"
-    if not db_path.is_file():
-        if not create:
-            raise StoreError(f"no collection {name!r} in {str(root)!r}")
-        settings = new_settings(name, enc, metric or Metric.COSINE, precision or Precision.FLOAT32, dims, dim,
-                                calibration, hnsw_m, ef_construction)
-        return create_sqlite_collection(root, settings, enc, ef_search=ef_search, exact_below=exact_below,
-                                        lock_timeout=lock_timeout, save_every=save_every,
-                                        save_interval_s=save_interval_s)
-    try:
-        conn = _connect(db_path, lock_timeout)
-        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot open collection {name!r} at {str(db_path)!r}: {exc}") from exc
-    version = int(meta.get("format_version", "0"))
-    if version > FORMAT_VERSION:
-        conn.close()
-        raise StoreError(
-            f"collection {name!r} has store format {version}; this embedsmith reads up to {FORMAT_VERSION}: "
-            "upgrade embedsmith"
-        )
-    if version < FORMAT_VERSION:
-        _upgrade(conn, name, version)
-    settings = CollectionSettings.from_meta(meta)
-    try:
-        check_requested(settings, metric, precision, dims, dim)
-    except Exception:
-        conn.close()
-        raise
-    coll = SqliteCollection(folder, conn, settings, None, exact_below=exact_below, ef_search=ef_search,
-                            save_every=save_every, save_interval_s=save_interval_s)
-    if enc is not None:
+def _connect_read_only(path: Path, lock_timeout: float, *, immutable: bool = False) -> sqlite3.Connection:
+    flag = "immutable=1" if immutable else "mode=ro"
+    return sqlite3.connect(f"file:{quote(str(path))}?{flag}", uri=True, timeout=lock_timeout, isolation_level=None,
+                           check_same_thread=False)
+
+
+def _writable(folder: Path) -> bool:
+    return os.access(folder, os.W_OK) and os.access(folder / DB_NAME, os.W_OK)
+
+
+def _open_connection(folder: Path, lock_timeout: float) -> tuple[sqlite3.Connection, bool, bool]:
+    """(connection, read_only, immutable). A folder this user cannot write opens read-only; with no write-ahead
+    log left to read, as immutable (SQLite cannot otherwise open a WAL database whose folder is read-only)."""
+    db = folder / DB_NAME
+    if _writable(folder):
         try:
-            coll._check_encoder(enc)
-        except Exception:
-            coll.close()
-            raise
-        coll._encoder = enc
-    return coll
+            return _connect(db, lock_timeout), False, False
+        except sqlite3.OperationalError as exc:
+            if not getattr(exc, "sqlite_errorname", "").startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN")):
+                raise
+    conn = _connect_read_only(db, lock_timeout)
+    try:
+        conn.execute("SELECT 1 FROM meta LIMIT 1").fetchall()
+        return conn, True, False
+    except sqlite3.OperationalError:
+        conn.close()
+    wal = Path(str(db) + "-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        raise StoreReadOnlyError(
+            f"collection {folder.name!r} has writes in its write-ahead log that a read-only user cannot merge; "
+            f"open it once as a user who can write {str(folder)!r}"
+        )
+    return _connect_read_only(db, lock_timeout, immutable=True), True, True
 
 
 def _upgrade(conn: sqlite3.Connection, name: str, version: int) -> None:
@@ -509,8 +735,8 @@ def _upgrade(conn: sqlite3.Connection, name: str, version: int) -> None:
 
     Format 1 had no FTS index, format 2 no ``index_text`` column; the FTS index is rebuilt from live rows.
     """
+    conn.execute("BEGIN IMMEDIATE")
     try:
-        conn.execute("BEGIN IMMEDIATE")
         columns = {row[1] for row in conn.execute("PRAGMA table_info(records)")}
         if "index_text" not in columns:
             conn.execute("ALTER TABLE records ADD COLUMN index_text TEXT")
@@ -521,39 +747,207 @@ def _upgrade(conn: sqlite3.Connection, name: str, version: int) -> None:
         conn.execute(INDEX_ROWS.format(where="deleted = 0"))
         conn.execute("UPDATE meta SET value = ? WHERE key = 'format_version'", (str(FORMAT_VERSION),))
         conn.execute("COMMIT")
-    except sqlite3.Error as exc:
-        conn.execute("ROLLBACK")
-        raise StoreError(f"cannot upgrade collection {name!r} from store format {version}: {exc}") from exc
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
-def create_sqlite_collection(
-    root: Path, settings: CollectionSettings, enc: Encoder | None = None, *, ef_search: int = 64,
-    exact_below: int = 10_000, lock_timeout: float = 10.0, save_every: int = 50_000, save_interval_s: float = 60.0,
-) -> SqliteCollection:
-    """Create the folder and database of a new collection with ``settings``."""
-    folder = root / settings.name
-    if (folder / "collection.sqlite").is_file():
-        raise StoreError(f"collection {settings.name!r} already exists in {str(root)!r}")
+def _write_new(path: Path, settings: CollectionSettings) -> None:
+    """A new, empty collection database at ``path`` (schema and settings, generation 0)."""
+    conn = sqlite3.connect(str(path), isolation_level=None)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".collection.sqlite.{os.getpid()}.tmp"
-        conn = _connect(tmp, lock_timeout)
+        conn.execute("PRAGMA journal_mode=WAL")
         conn.executescript(_SCHEMA)
         conn.execute("BEGIN")
-        meta = {"format_version": str(FORMAT_VERSION), **settings.to_meta()}
+        meta = {"format_version": str(FORMAT_VERSION), "generation": "0", **settings.to_meta()}
         conn.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", meta.items())
         conn.execute("COMMIT")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
         conn.close()
-        for suffix in ("-wal", "-shm"):
-            Path(str(tmp) + suffix).unlink(missing_ok=True)
-        # Created under a temporary name and renamed, so a half-created collection is never opened.
-        os.replace(tmp, folder / "collection.sqlite")
-    except (OSError, sqlite3.Error) as exc:
-        raise StoreError(f"cannot create collection {settings.name!r} in {str(root)!r}: {exc}") from exc
-    conn = _connect(folder / "collection.sqlite", lock_timeout)
-    return SqliteCollection(folder, conn, settings, enc, exact_below=exact_below, ef_search=ef_search,
-                            save_every=save_every, save_interval_s=save_interval_s)
+    for suffix in ("-wal", "-shm"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
 
 
-__all__ = ["IndexRebuildWarning", "SqliteCollection", "create_sqlite_collection", "open_sqlite_collection"]
+class FolderStore(Store):
+    """Collections as folders under ``root``, each with ``collection.sqlite`` and its derived index files."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.location = str(root)
+
+    def exists(self, name: str) -> bool:
+        return (self.root / name / DB_NAME).is_file()
+
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        from .settings import _NAME
+
+        return sorted(p.name for p in self.root.iterdir()
+                      if _NAME.fullmatch(p.name) and (p / DB_NAME).is_file())
+
+    def create(self, settings: CollectionSettings, encoder: Encoder | None, options: OpenOptions) -> SqliteCollection:
+        folder = self.root / settings.name
+        db = folder / DB_NAME
+        if db.is_file():
+            raise CollectionExistsError(f"collection {settings.name!r} already exists in {self.location!r}")
+        tmp = folder / f".{DB_NAME}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            _write_new(tmp, settings)
+            # Created under a temporary name and linked into place, which fails if another process created the
+            # collection meanwhile (a rename would silently replace theirs): a half-made one is never opened.
+            try:
+                os.link(tmp, db)
+            except FileExistsError:
+                raise CollectionExistsError(
+                    f"collection {settings.name!r} already exists in {self.location!r}") from None
+            finally:
+                tmp.unlink(missing_ok=True)
+        except PermissionError as exc:
+            raise StoreReadOnlyError(f"cannot create collection {settings.name!r} in {self.location!r}: {exc}") \
+                from exc
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot create collection {settings.name!r} in {self.location!r}: {exc}") from exc
+        return self.open(settings.name, options, encoder=encoder)
+
+    def open(self, name: str, options: OpenOptions, *, encoder: Encoder | None = None) -> SqliteCollection:
+        folder = self.root / name
+        if not (folder / DB_NAME).is_file():
+            raise self.not_found(name)
+        what = f"cannot open collection {name!r} in {self.location!r}"
+        try:
+            conn, read_only, immutable = _open_connection(folder, options.lock_timeout)
+        except sqlite3.Error as exc:
+            raise translate(exc, what) from exc
+        try:
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            if meta.get("deleted"):
+                raise self.not_found(name)
+            version = int(meta.get("format_version", "0"))
+            if version > FORMAT_VERSION:
+                raise StoreError(
+                    f"collection {name!r} has store format {version}; this embedsmith reads up to {FORMAT_VERSION}: "
+                    "upgrade embedsmith"
+                )
+            if version < FORMAT_VERSION or not meta.get("identity"):
+                if read_only:
+                    if version < FORMAT_VERSION:
+                        raise StoreReadOnlyError(f"collection {name!r} has the older store format {version}; open it "
+                                                 "once as a user who can write it, to upgrade it")
+                else:
+                    if version < FORMAT_VERSION:
+                        _upgrade(conn, name, version)
+                    # A store from before identities adopts one, once (its index keeps its stamp).
+                    conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('identity', ?)", (new_identity(),))
+                    meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            settings = CollectionSettings.from_meta(meta)
+            coll = SqliteCollection(folder, conn, settings, encoder, options, read_only=read_only,
+                                    generation=int(meta.get("generation", "0")))
+            coll._immutable = immutable
+            return coll
+        except sqlite3.Error as exc:
+            conn.close()
+            raise translate(exc, what) from exc
+        except BaseException:
+            conn.close()
+            raise
+
+    def delete(self, name: str) -> None:
+        """Mark the collection deleted under its write lock (open handles notice), move its folder out of the
+        store, then remove it."""
+        folder = self.root / name
+        db = folder / DB_NAME
+        if not db.is_file():
+            raise self.not_found(name)
+        if not _writable(folder) or not os.access(self.root, os.W_OK):
+            raise StoreReadOnlyError(f"cannot delete collection {name!r}: {self.location!r} is read-only")
+        try:
+            conn = sqlite3.connect(str(db), timeout=10.0, isolation_level=None)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('deleted', '1')")
+                conn.execute("COMMIT")
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            code = getattr(exc, "sqlite_errorname", "")
+            if code.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+                raise translate(exc, f"cannot delete collection {name!r}") from exc
+            # A damaged database can still be deleted: its folder is moved away below all the same.
+        trash = self.root / f".deleted-{name}-{uuid.uuid4().hex[:8]}"
+        with locked(folder / "ann.lock"):  # no handle saves its index into the folder while it moves
+            os.rename(folder, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def rename(self, old: str, new: str) -> None:
+        """Give collection ``old`` the name ``new`` (which must be free): its settings and its folder."""
+        if self.exists(new):
+            raise CollectionExistsError(f"collection {new!r} already exists in {self.location!r}")
+        conn = sqlite3.connect(str(self.root / old / DB_NAME), timeout=10.0, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'name'", (new,))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise translate(exc, f"cannot rename collection {old!r}") from exc
+        finally:
+            conn.close()
+        os.rename(self.root / old, self.root / new)
+
+
+# -- snapshots -----------------------------------------------------------------------------------------------
+def write_snapshot(path: Path, settings: CollectionSettings, batches: Iterator[RecordBatch]) -> int:
+    """A snapshot file (a collection database without derived files) from exported records; returns the count."""
+    _write_new(path, settings)
+    conn = sqlite3.connect(str(path), isolation_level=None)
+    n = 0
+    try:
+        conn.execute("PRAGMA journal_mode=DELETE")
+        conn.execute("BEGIN")
+        for b in batches:
+            extra = [None if x == t else x for x, t in zip(b.index_texts, b.texts, strict=True)]
+            conn.executemany(
+                "INSERT INTO records(id, text, metadata, vector, index_text) VALUES (?, ?, ?, ?, ?)",
+                zip(b.ids, b.texts, (json.dumps(m, ensure_ascii=False) for m in b.metadata),
+                    (np.ascontiguousarray(v, np.float32).tobytes() for v in b.vectors), extra, strict=True))
+            n += len(b.ids)
+        conn.execute(INDEX_ROWS.format(where="deleted = 0"))
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    return n
+
+
+def read_snapshot(path: Path, batch: int = 2000) -> tuple[CollectionSettings, int, Iterator[RecordBatch]]:
+    """The settings, live record count and records of a snapshot file (read-only)."""
+    try:
+        conn = _connect_read_only(path, 10.0, immutable=True)
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        settings = CollectionSettings.from_meta(meta)
+        count = int(conn.execute("SELECT COUNT(*) FROM records WHERE deleted = 0").fetchone()[0])
+    except sqlite3.Error as exc:
+        raise translate(exc, f"cannot read snapshot {str(path)!r}") from exc
+    except (KeyError, ValueError) as exc:
+        raise StoreCorruptError(f"{str(path)!r} is not an embedsmith snapshot: {exc!r}") from exc
+
+    def batches() -> Iterator[RecordBatch]:
+        try:
+            cur = conn.execute(
+                "SELECT id, text, index_text, metadata, vector FROM records WHERE deleted = 0 ORDER BY seq")
+            while rows := cur.fetchmany(batch):
+                vectors = np.frombuffer(b"".join(r[4] for r in rows), np.float32).reshape(len(rows), settings.dim)
+                yield RecordBatch([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
+                                  [_metadata(r[3]) for r in rows], vectors)
+        except sqlite3.Error as exc:
+            raise translate(exc, f"cannot read snapshot {str(path)!r}") from exc
+        finally:
+            conn.close()
+
+    return settings, count, batches()
+
+
+__all__ = ["DB_NAME", "FolderStore", "IndexRebuildWarning", "IndexSaveWarning", "SqliteCollection",
+           "read_snapshot", "translate", "write_snapshot"]

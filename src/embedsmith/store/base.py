@@ -1,0 +1,714 @@
+"""The :class:`Collection` contract shared by every backend, and the :class:`Store` a backend provides.
+
+Everything a user can observe (argument checks and their messages, how records are split, the dense search
+plan with its rescore factor and exact fallback, the open sequence) lives here once; a backend supplies
+storage through the hooks marked abstract, and translates its own database errors into
+:mod:`embedsmith.errors` in :meth:`Collection._errors`. This module imports no backend.
+"""
+
+from __future__ import annotations
+
+import abc
+import functools
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+
+import numpy as np
+
+from ..errors import CollectionExistsError, CollectionNotFoundError, InvalidInputError
+from ..quantization import Int8Calibration
+from ..search import RRF_K
+from ..types import Encoder, Hits, Metric, Precision
+from .filters import CompiledFilter, Where
+from .settings import CollectionSettings, OpenOptions, check_encoder, check_requested, new_settings, positive_int
+from .validate import (
+    check_id_list,
+    check_ids,
+    check_metadata,
+    check_optional_texts,
+    check_texts,
+    check_vectors,
+)
+
+if TYPE_CHECKING:
+    from ..rerankers import Reranker
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One first-stage hit handed between search stages. Higher scores are better."""
+
+    score: float
+    id: str
+    text: str | None
+    metadata: dict[str, Any]
+
+    def rescored(self, score: float) -> Candidate:
+        return Candidate(score, self.id, self.text, self.metadata)
+
+
+def best_first(cands: Iterable[Candidate]) -> list[Candidate]:
+    """Best score first, ties broken by id."""
+    return sorted(cands, key=lambda c: (-c.score, c.id))
+
+
+class RecordBatch(NamedTuple):
+    """Live records in write order, as :meth:`Collection.export_records` yields and ``import_records`` takes."""
+
+    ids: list[str]
+    texts: list[str | None]
+    index_texts: list[str | None]  # what the encoder and bm25 read, where it differs from the text
+    metadata: list[dict[str, Any]]
+    vectors: np.ndarray  # float32 [n, dim]
+
+
+@dataclass
+class VerifyReport:
+    """What :meth:`Collection.verify` found: ``ok`` when ``problems`` is empty; ``checks`` holds the figures."""
+
+    name: str
+    ok: bool = True
+    problems: list[str] = field(default_factory=list)
+    checks: dict[str, Any] = field(default_factory=dict)
+
+    def problem(self, text: str) -> None:
+        self.problems.append(text)
+        self.ok = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "ok": self.ok, "problems": list(self.problems), "checks": dict(self.checks)}
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def translated(fn: F) -> F:
+    """Run a public method inside the backend's error translation (sqlite3 / psycopg errors -> ours)."""
+
+    @functools.wraps(fn)
+    def wrapper(self: Collection, *args: Any, **kwargs: Any) -> Any:
+        with self._errors():
+            return fn(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+class Collection(abc.ABC):
+    """A named, persistent set of (id, text, metadata, vector) records with exact and HNSW search.
+
+    Open one with :func:`~embedsmith.store.open_collection`. Use it as a context manager, or call
+    :meth:`close`. Every public write is one transaction: all of it is stored, or none of it. A handle whose
+    collection was deleted or replaced by another process raises
+    :class:`~embedsmith.errors.CollectionNotFoundError` on its next call.
+    """
+
+    def __init__(self, settings: CollectionSettings, encoder: Encoder | None, options: OpenOptions) -> None:
+        self.settings = settings
+        self._encoder = encoder
+        self._options = options
+        self._lock = threading.RLock()
+        self.exact_below = options.exact_below
+        self.ef_search = options.ef_search
+        self._closed = False
+        self._executor: ThreadPoolExecutor | None = None
+
+    # -- properties ------------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    @property
+    def dim(self) -> int:
+        return self.settings.dim
+
+    @property
+    def metric(self) -> Metric:
+        return self.settings.metric
+
+    @property
+    def precision(self) -> Precision:
+        return self.settings.precision
+
+    @property
+    def encoder(self) -> Encoder:
+        """The collection's encoder, loaded on first use from the recorded model when none was given."""
+        if self._encoder is None:
+            if not self.settings.model:
+                raise InvalidInputError(
+                    f"collection {self.name!r} stores vectors without a model: pass vectors, not texts"
+                )
+            from ..encoders import load_encoder
+
+            enc = load_encoder(self.settings.model)
+            self._check_encoder(enc)
+            self._encoder = enc
+        return self._encoder
+
+    def _check_encoder(self, enc: Encoder) -> None:
+        check_encoder(self.settings, enc)
+
+    # -- what a backend provides ------------------------------------------------------------------------
+    @abc.abstractmethod
+    def _errors(self) -> AbstractContextManager[None]:
+        """Translate this backend's database errors into :mod:`embedsmith.errors` (the only place that does)."""
+
+    @abc.abstractmethod
+    def _compile_where(self, where: Where | None) -> CompiledFilter:
+        """Check a filter and compile it for this backend."""
+
+    @abc.abstractmethod
+    def _live_ids(self, ids: list[str]) -> list[str]:
+        """Those of ``ids`` that are live records."""
+
+    @abc.abstractmethod
+    def _insert(
+        self, ids: list[str], texts: Sequence[str | None], meta: list[str], vectors: np.ndarray, *, replace: bool,
+        delete_where: CompiledFilter | None = None, index_texts: Sequence[str | None] | None = None,
+    ) -> None:
+        """In one transaction: delete ``delete_where`` matches (and, with ``replace``, live rows with these ids),
+        then add the rows. ``vectors`` are checked float32 [n, dim]; ``meta`` checked JSON objects as text."""
+
+    @abc.abstractmethod
+    def _delete(self, ids: list[str] | None, flt: CompiledFilter | None) -> int:
+        """Delete live rows by id or by filter, in one transaction; return how many."""
+
+    @abc.abstractmethod
+    def _get(self, ids: list[str] | None, flt: CompiledFilter | None, limit: int | None,
+             include_vectors: bool) -> list[tuple[Any, ...]]:
+        """Live rows (id, text, metadata dict[, float32 vector]); by filter in write order."""
+
+    @abc.abstractmethod
+    def _distinct(self, fields: tuple[str, ...]) -> set[tuple[Any, ...]]:
+        """Distinct tuples of top-level metadata values over live rows (absent fields as None)."""
+
+    @abc.abstractmethod
+    def _count_estimate(self) -> int:
+        """Live records, possibly a moment old: it picks exact vs graph search, never what is found."""
+
+    @abc.abstractmethod
+    def _count(self, flt: CompiledFilter) -> int:
+        """Live records passing ``flt``."""
+
+    @abc.abstractmethod
+    def _ann(self, q: np.ndarray, k: int, flt: CompiledFilter, *, ef: int, exact: bool,
+             factor: int) -> list[Candidate]:
+        """Top ``k`` live rows passing ``flt`` from the vector index (brute force over it with ``exact``),
+        ``factor`` times ``k`` fetched and rescored with the full vectors when the index holds approximate
+        codes. Best first."""
+
+    @abc.abstractmethod
+    def _scan(self, q: np.ndarray, k: int, flt: CompiledFilter) -> list[Candidate]:
+        """Exact top ``k`` over every live row passing ``flt``, from the stored full vectors. Best first."""
+
+    @abc.abstractmethod
+    def _bm25(self, query: str, n: int, flt: CompiledFilter, *, reader: bool = False) -> list[Candidate]:
+        """Top ``n`` live rows passing ``flt`` by BM25, best first. ``reader``: called from the hybrid worker
+        thread, concurrently with the dense search."""
+
+    @abc.abstractmethod
+    def _export(self, batch: int) -> Iterator[RecordBatch]:
+        """Live rows in write order, ``batch`` at a time, from one consistent snapshot."""
+
+    @abc.abstractmethod
+    def _count_live(self) -> int:
+        """Live records, including writes by other processes."""
+
+    @abc.abstractmethod
+    def _compact(self, *, reindex: bool) -> dict[str, int]:
+        """Drop deleted rows and reclaim space; returns dropped, bytes_before, bytes_after."""
+
+    @abc.abstractmethod
+    def _disk_bytes(self) -> int:
+        """Bytes the collection takes on disk."""
+
+    @abc.abstractmethod
+    def _location(self) -> str:
+        """Where the collection is stored, for people (no password)."""
+
+    @abc.abstractmethod
+    def _index_vectors(self) -> int:
+        """Vectors the ANN index holds (deleted ones included until compaction)."""
+
+    @abc.abstractmethod
+    def _verify(self, report: VerifyReport) -> None:
+        """Check the database, the derived files against the rows, checksums and settings; add problems."""
+
+    @abc.abstractmethod
+    def _repair(self) -> dict[str, Any]:
+        """Rebuild every derived structure from the rows."""
+
+    @abc.abstractmethod
+    def _close(self) -> None:
+        """Save what is kept in memory and release the backend's connections (called once, under the lock)."""
+
+    # -- input ----------------------------------------------------------------------------------------
+    def _check_vectors(self, vectors: Any, n: int | None = None) -> np.ndarray:
+        return check_vectors(vectors, self.settings.dim, self.settings.metric, self.name, n)
+
+    def _reject_existing(self, ids: list[str]) -> None:
+        found = self._live_ids(ids)
+        if found:
+            order = {x: i for i, x in enumerate(ids)}
+            found = sorted(found, key=order.__getitem__)
+            shown = ", ".join(repr(x) for x in found[:5]) + (" ..." if len(found) > 5 else "")
+            raise InvalidInputError(
+                f"{len(found)} id(s) already in collection {self.name!r}: {shown}; use upsert to replace them"
+            )
+
+    @staticmethod
+    def _split_records(
+        texts: Sequence[str] | Sequence[Mapping[str, Any]],
+        ids: Sequence[str] | None,
+        metadata: Sequence[Mapping[str, Any]] | None,
+    ) -> tuple[list[str], list[str] | None, list[Mapping[str, Any]] | None, list[str] | None]:
+        """Texts, ids, metadata and (from records' ``index_text``) what the encoder and bm25 read instead."""
+        if isinstance(texts, str):
+            raise InvalidInputError("texts must be a list of strings, not a single string; wrap it: [text]")
+        items: list[Any] = list(texts)
+        if items and all(isinstance(r, Mapping) for r in items):
+            if ids is not None or metadata is not None:
+                raise InvalidInputError("pass ids and metadata inside the records, not beside them")
+            recs: list[dict[str, Any]] = [dict(r) for r in items]
+            for i, r in enumerate(recs):
+                if "text" not in r:
+                    raise InvalidInputError(f"records[{i}] has no 'text'")
+            got_ids: list[Any] = [r.get("id") for r in recs]
+            embed: list[str] | None = None
+            if any("index_text" in r for r in recs):
+                # What the encoder and bm25 read may differ from what is stored and shown (e.g. a chunk
+                # with its document's title in front).
+                embed = check_texts([r.get("index_text") or r["text"] for r in recs])
+            return (
+                [r["text"] for r in recs],
+                None if all(x is None for x in got_ids) else got_ids,
+                [r.get("metadata") or {} for r in recs],
+                embed,
+            )
+        return (items, (list(ids) if ids is not None else None),
+                (list(metadata) if metadata is not None else None), None)
+
+    def _embed(self, texts: list[str], index_texts: list[str] | None, batch_size: int | None,
+               show_progress: bool) -> np.ndarray:
+        vectors = self.encoder.encode(index_texts or texts, kind="document", batch_size=batch_size,
+                                      show_progress=show_progress)
+        return self._check_vectors(vectors, len(texts))
+
+    # -- writes ---------------------------------------------------------------------------------------
+    @translated
+    def add(
+        self,
+        texts: Sequence[str] | Sequence[Mapping[str, Any]],
+        ids: Sequence[str] | None = None,
+        metadata: Sequence[Mapping[str, Any]] | None = None,
+        *,
+        batch_size: int | None = None,
+        show_progress: bool = False,
+    ) -> list[str]:
+        """Embed and add texts (or records ``{"id", "text", "metadata"}``). Returns the ids.
+
+        Raises:
+            InvalidInputError: a bad text, id or metadata entry, or an id already present; nothing is written.
+        """
+        t, i, m, e = self._split_records(texts, ids, metadata)
+        t = check_texts(t)
+        id_list = check_ids(i, len(t))
+        meta = check_metadata(m, len(t))
+        self._reject_existing(id_list)
+        self._insert(id_list, t, meta, self._embed(t, e, batch_size, show_progress), replace=False, index_texts=e)
+        return id_list
+
+    @translated
+    def add_vectors(
+        self,
+        vectors: np.ndarray,
+        ids: Sequence[str] | None = None,
+        *,
+        texts: Sequence[str | None] | None = None,
+        metadata: Sequence[Mapping[str, Any]] | None = None,
+    ) -> list[str]:
+        """Add pre-computed vectors [n, dim] (for users with their own encoder). Returns the ids."""
+        v = self._check_vectors(vectors)
+        n = v.shape[0]
+        id_list = check_ids(ids, n)
+        t = check_optional_texts(texts, n)
+        meta = check_metadata(metadata, n)
+        self._reject_existing(id_list)
+        self._insert(id_list, t, meta, v, replace=False)
+        return id_list
+
+    @translated
+    def upsert(
+        self,
+        texts: Sequence[str] | Sequence[Mapping[str, Any]],
+        ids: Sequence[str] | None = None,
+        metadata: Sequence[Mapping[str, Any]] | None = None,
+        *,
+        batch_size: int | None = None,
+        show_progress: bool = False,
+    ) -> list[str]:
+        """Like :meth:`add`, but an existing id is replaced (old row deleted, in the same transaction)."""
+        t, i, m, e = self._split_records(texts, ids, metadata)
+        t = check_texts(t)
+        if i is None:
+            raise InvalidInputError("upsert needs ids")
+        id_list = check_ids(i, len(t))
+        meta = check_metadata(m, len(t))
+        self._insert(id_list, t, meta, self._embed(t, e, batch_size, show_progress), replace=True, index_texts=e)
+        return id_list
+
+    @translated
+    def upsert_vectors(
+        self,
+        vectors: np.ndarray,
+        ids: Sequence[str],
+        *,
+        texts: Sequence[str | None] | None = None,
+        metadata: Sequence[Mapping[str, Any]] | None = None,
+    ) -> list[str]:
+        """Like :meth:`add_vectors`, replacing existing ids."""
+        v = self._check_vectors(vectors)
+        id_list = check_ids(ids, v.shape[0])
+        t = check_optional_texts(texts, v.shape[0])
+        self._insert(id_list, t, check_metadata(metadata, v.shape[0]), v, replace=True)
+        return id_list
+
+    @translated
+    def replace(
+        self,
+        where: Where,
+        records: Sequence[Mapping[str, Any]],
+        *,
+        batch_size: int | None = None,
+        show_progress: bool = False,
+    ) -> list[str]:
+        """Delete the records matching ``where`` and add ``records`` in one transaction (e.g. a file's chunks).
+
+        Readers see either the old records or the new ones, never a mix; a crash leaves the old ones.
+        """
+        flt = self._compile_where(where)
+        if not records:
+            self._delete(None, flt)
+            return []
+        t, i, m, e = self._split_records(records, None, None)
+        t = check_texts(t)
+        id_list = check_ids(i, len(t))
+        meta = check_metadata(m, len(t))
+        self._insert(id_list, t, meta, self._embed(t, e, batch_size, show_progress), replace=True,
+                     delete_where=flt, index_texts=e)
+        return id_list
+
+    @translated
+    def delete(self, ids: Sequence[str] | None = None, *, where: Where | None = None) -> int:
+        """Delete records by id or by filter. Returns how many were deleted."""
+        if (ids is None) == (where is None):
+            raise InvalidInputError("delete needs exactly one of ids= or where=")
+        if ids is not None:
+            return self._delete(check_id_list(ids), None)
+        return self._delete(None, self._compile_where(where))
+
+    @translated
+    def import_records(self, batch: RecordBatch) -> list[str]:
+        """Add exported records (vectors kept, nothing re-embedded) in one transaction. Returns the ids."""
+        v = check_vectors(batch.vectors, self.settings.dim, self.settings.metric, self.name, normalize=False)
+        n = v.shape[0]
+        id_list = check_ids(batch.ids, n)
+        texts = check_optional_texts(batch.texts, n)
+        index_texts = check_optional_texts(batch.index_texts, n)
+        meta = check_metadata(batch.metadata, n)
+        self._reject_existing(id_list)
+        self._insert(id_list, texts, meta, v, replace=False,
+                     index_texts=[x if x is not None else t for x, t in zip(index_texts, texts, strict=True)])
+        return id_list
+
+    # -- reads ----------------------------------------------------------------------------------------
+    @translated
+    def count(self) -> int:
+        """Live (not deleted) records, including writes by other processes."""
+        return self._count_live()
+
+    @translated
+    def get(
+        self, ids: Sequence[str] | None = None, *, where: Where | None = None, limit: int | None = None,
+        include_vectors: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Records by id (in the order asked; absent ids left out) or by filter (in write order)."""
+        if (ids is None) == (where is None):
+            raise InvalidInputError("get needs exactly one of ids= or where=")
+        lim = positive_int(limit, "limit") if limit is not None else None
+
+        def record(row: tuple[Any, ...]) -> dict[str, Any]:
+            rec: dict[str, Any] = {"id": row[0], "text": row[1], "metadata": row[2]}
+            if include_vectors:
+                rec["vector"] = np.array(row[3], dtype=np.float32)
+            return rec
+
+        if ids is None:
+            return [record(r) for r in self._get(None, self._compile_where(where), lim, include_vectors)]
+        wanted = check_id_list(ids)
+        found = {r[0]: record(r) for r in self._get(wanted, None, None, include_vectors)}
+        return [found[i] for i in wanted if i in found]
+
+    @translated
+    def distinct(self, *fields: str) -> set[tuple[Any, ...]]:
+        """Distinct tuples of metadata values over live records (e.g. ``distinct("source", "doc_hash")``)."""
+        from .validate import check_metadata_key
+
+        if not fields:
+            raise InvalidInputError("distinct needs at least one metadata field")
+        for f in fields:
+            if not isinstance(f, str) or not f:
+                raise InvalidInputError(f"metadata field names must be non-empty strings, got {f!r}")
+            check_metadata_key(f, "distinct")
+        return self._distinct(tuple(fields))
+
+    def export_records(self, *, batch: int = 1000) -> Iterator[RecordBatch]:
+        """Live records in write order, ``batch`` at a time, from one consistent snapshot of the collection."""
+        size = positive_int(batch, "batch")
+        it = self._export(size)
+        while True:
+            with self._errors():
+                try:
+                    item = next(it)
+                except StopIteration:
+                    return
+            yield item
+
+    def iter_records(self, *, batch: int = 1000) -> Iterable[list[dict[str, Any]]]:
+        """Live records in write order, in lists of ``batch``, with float32 vectors."""
+        for b in self.export_records(batch=batch):
+            yield [{"id": i, "text": t, "metadata": m, "vector": v}
+                   for i, t, m, v in zip(b.ids, b.texts, b.metadata, b.vectors, strict=True)]
+
+    def _query_vector(self, query: str | np.ndarray | Sequence[float]) -> np.ndarray:
+        if isinstance(query, str):
+            if not query.strip():
+                raise InvalidInputError("query is empty")
+            q = self.encoder.encode([query], kind="query")[0]
+        else:
+            try:
+                raw = np.asarray(query)
+            except (ValueError, TypeError) as exc:
+                raise InvalidInputError(f"query vector must be a list of numbers: {exc}") from None
+            if raw.dtype.kind not in "fiu":
+                raise InvalidInputError(f"query vector must be real numbers, got dtype {raw.dtype}")
+            q = raw.astype(np.float32).reshape(-1)
+            if q.shape[0] != self.settings.dim:
+                raise InvalidInputError(
+                    f"query has dimension {q.shape[0]}, collection {self.name!r} stores {self.settings.dim}"
+                )
+        if not np.isfinite(q).all():
+            raise InvalidInputError("query vector contains NaN or infinity")
+        if self.settings.metric is Metric.COSINE:
+            norm = float(np.sqrt(q @ q))
+            if norm == 0:
+                raise InvalidInputError("query vector is all zeros (no cosine)")
+            q = q / norm
+        return q.astype(np.float32)
+
+    def _dense(self, q: np.ndarray, k: int, flt: CompiledFilter, *, ef: int, exact: bool,
+               rescore: int | None) -> list[Candidate]:
+        """Top ``k`` by vector similarity: the index (graph, or brute force below ``exact_below``), rescored
+        when it holds approximate codes, and an exact scan of the matching rows when the graph came up short."""
+        s = self.settings
+        approximate = s.precision is not Precision.FLOAT32 or s.dims < s.dim
+        factor = rescore or (10 if s.precision is Precision.BINARY else 4 if approximate else 1)
+        use_exact = exact or self._count_estimate() <= self.exact_below
+        hits = self._ann(q, k, flt, ef=ef, exact=use_exact, factor=factor)
+        if len(hits) < k and self._count(flt) > len(hits):
+            hits = self._scan(q, k, flt)
+        return hits
+
+    @translated
+    def search(
+        self,
+        query: str | np.ndarray | Sequence[float],
+        k: int = 10,
+        *,
+        mode: str = "dense",
+        where: Where | None = None,
+        ef: int | None = None,
+        exact: bool = False,
+        rescore: int | None = None,
+        fusion: str = "rrf",
+        alpha: float = 0.5,
+        rrf_k: int = RRF_K,
+        candidates: int | None = None,
+        rerank: Reranker | None = None,
+        group_by: str | None = None,
+    ) -> Hits:
+        """Search the collection.
+
+        Args:
+            query: text (embedded with the collection's encoder and query prompt) or, for ``dense``, a
+                vector [dim].
+            k: hits to return.
+            mode: 'dense' (vectors), 'bm25' (Okapi BM25, needs texts) or 'hybrid' (both, fused).
+            where: metadata filter (see :mod:`embedsmith.store.filters`), applied in every mode.
+            ef: HNSW search breadth (default ``ef_search``); larger is slower and more exact.
+            exact: brute-force over every stored vector instead of walking the graph.
+            rescore: candidates fetched per hit and rescored with full float32 vectors when the index
+                holds fewer dimensions or a lower precision (default 4, or 10 for binary).
+            fusion: hybrid fusion, 'rrf' (reciprocal rank fusion with ``rrf_k``) or 'weighted'
+                (``alpha * dense + (1 - alpha) * bm25`` after min-max scaling).
+            alpha: dense weight for weighted fusion.
+            rrf_k: the RRF constant (60).
+            candidates: first-stage hits handed to the reranker (default 100). Hybrid mode fuses the top
+                max(100, k, candidates) of each list.
+            rerank: a :class:`~embedsmith.rerankers.Reranker`: the first stage's candidates are reranked and
+                the top k returned with the reranker's probability as score (logit and first-stage score kept).
+            group_by: a metadata field (e.g. 'source'): keep only the best hit per value.
+
+        Returns:
+            :class:`Hits`, best first, ties broken by id. Dense scores are higher-is-better (negated
+            distances for l2 and manhattan). When k matching records exist, k hits are returned.
+        """
+        from .query import SearchRequest, run_search
+
+        request = SearchRequest.checked(query, k, mode=mode, ef=ef if ef is not None else self.ef_search,
+                                        exact=exact, rescore=rescore, fusion=fusion, alpha=alpha, rrf_k=rrf_k,
+                                        candidates=candidates, rerank=rerank, group_by=group_by)
+        return run_search(self, request, self._compile_where(where))
+
+    def _bm25_worker(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"embedsmith-bm25-{self.name}")
+        return self._executor
+
+    # -- management -----------------------------------------------------------------------------------
+    @translated
+    def compact(self, *, reindex: bool = False) -> dict[str, int]:
+        """Drop deleted rows, reclaim space and rebuild the ANN index; returns dropped, bytes_before, bytes_after."""
+        return self._compact(reindex=reindex)
+
+    @translated
+    def disk_bytes(self) -> int:
+        """Bytes the collection takes on disk."""
+        return self._disk_bytes()
+
+    @translated
+    def info(self) -> dict[str, Any]:
+        """Settings, count, size on disk, where it is stored and how many vectors its ANN index holds."""
+        s = self.settings
+        return {
+            "name": s.name, "count": self._count_live(), "model": s.model, "fingerprint": s.fingerprint,
+            "prompts": s.prompts, "dim": s.dim, "dims": s.dims, "precision": s.precision.value,
+            "metric": s.metric.value, "disk_bytes": self._disk_bytes(), "path": self._location(),
+            "index_vectors": self._index_vectors(), "identity": s.identity,
+        }
+
+    def verify(self) -> VerifyReport:
+        """Check the collection's integrity: the database, the derived index files against the rows, their
+        checksums, and the settings. Problems are reported, never raised (a collection that cannot be read at
+        all raises :class:`~embedsmith.errors.StoreError`)."""
+        report = VerifyReport(self.name)
+        with self._errors():
+            self._verify(report)
+        return report
+
+    @translated
+    def repair(self) -> dict[str, Any]:
+        """Rebuild every derived structure (ANN index, BM25 index) from the rows; returns what was rebuilt."""
+        return self._repair()
+
+    # -- life cycle -----------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Save what the backend keeps in memory and release its connections."""
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                with self._errors():
+                    self._close()
+            finally:
+                self._closed = True
+                if self._executor is not None:
+                    self._executor.shutdown(wait=True)
+
+    def __enter__(self) -> Collection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        s = self.settings
+        return f"{type(self).__name__}({s.name!r}, model={s.model!r}, dim={s.dim}, metric={s.metric.value}, " \
+               f"precision={s.precision.value})"
+
+
+class Store(abc.ABC):
+    """Where collections live: a folder (SQLite) or a PostgreSQL schema. :mod:`.api` picks one."""
+
+    location: str  # for messages: a path, or a DSN without its password
+
+    @abc.abstractmethod
+    def exists(self, name: str) -> bool: ...
+
+    @abc.abstractmethod
+    def create(self, settings: CollectionSettings, encoder: Encoder | None, options: OpenOptions) -> Collection:
+        """Create an empty collection; :class:`CollectionExistsError` when the name is taken."""
+
+    @abc.abstractmethod
+    def open(self, name: str, options: OpenOptions) -> Collection:
+        """Open an existing collection; :class:`CollectionNotFoundError` when there is none."""
+
+    @abc.abstractmethod
+    def names(self) -> list[str]:
+        """Names of the collections, sorted."""
+
+    @abc.abstractmethod
+    def delete(self, name: str) -> None:
+        """Remove a collection; open handles to it notice on their next call."""
+
+    @abc.abstractmethod
+    def rename(self, old: str, new: str) -> None:
+        """Give collection ``old`` the free name ``new``."""
+
+    def not_found(self, name: str) -> CollectionNotFoundError:
+        return CollectionNotFoundError(f"no collection {name!r} in {self.location!r}")
+
+
+@dataclass(frozen=True)
+class Requested:
+    """What the caller of ``open_collection`` asked for (None: whatever the collection records)."""
+
+    metric: Metric | None = None
+    precision: Precision | None = None
+    dims: int | None = None
+    dim: int | None = None
+    calibration: Int8Calibration | None = None
+    hnsw_m: int = 32
+    ef_construction: int = 128
+
+
+def open_in(store: Store, name: str, encoder: Encoder | None, requested: Requested, *, create: bool,
+            options: OpenOptions) -> Collection:
+    """The open sequence, once for every backend: create if missing, else open and check the settings and
+    encoder against what the collection records."""
+    if not store.exists(name):
+        if not create:
+            raise store.not_found(name)
+        r = requested
+        settings = new_settings(name, encoder, r.metric or Metric.COSINE, r.precision or Precision.FLOAT32, r.dims,
+                                r.dim, r.calibration, r.hnsw_m, r.ef_construction)
+        try:
+            return store.create(settings, encoder, options)
+        except CollectionExistsError:
+            pass  # another process created it between our look and our create: open theirs
+    coll = store.open(name, options)
+    try:
+        check_requested(coll.settings, requested.metric, requested.precision, requested.dims, requested.dim)
+        if encoder is not None:
+            coll._check_encoder(encoder)
+            coll._encoder = encoder
+    except BaseException:
+        coll.close()
+        raise
+    return coll
+
+
+__all__ = ["Candidate", "Collection", "RecordBatch", "Requested", "Store", "VerifyReport", "best_first", "open_in"]

@@ -1,0 +1,179 @@
+"""Search planning: the mode (dense, bm25, hybrid), fusion as a small strategy, grouping and reranking.
+
+A plan only calls the collection's first-stage searches (``_dense``, ``_bm25``) and exchanges
+:class:`~embedsmith.store.base.Candidate` values; it knows no backend.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from ..errors import InvalidInputError
+from ..search import RRF_K, best_per_group, reciprocal_rank_fusion, weighted_fusion
+from ..types import Hits
+from .base import Candidate, best_first
+from .filters import CompiledFilter
+from .settings import positive_int
+
+if TYPE_CHECKING:
+    from ..rerankers import Reranker
+    from .base import Collection
+
+MODES = ("dense", "bm25", "hybrid")
+HYBRID_POOL = 100  # each list contributes at least its top 100 to the fusion
+
+
+class Fusion(Protocol):
+    """Fuses the dense and the bm25 candidates of a hybrid search into one ranking."""
+
+    def fuse(self, dense: Sequence[Candidate], sparse: Sequence[Candidate]) -> list[Candidate]: ...
+
+
+@dataclass(frozen=True)
+class RrfFusion:
+    """Reciprocal rank fusion: ``sum 1 / (k + rank)`` over the lists a candidate appears in."""
+
+    k: int = RRF_K
+
+    def fuse(self, dense: Sequence[Candidate], sparse: Sequence[Candidate]) -> list[Candidate]:
+        rows = {c.id: c for c in (*sparse, *dense)}
+        fused = reciprocal_rank_fusion([[c.id for c in dense], [c.id for c in sparse]], k=self.k)
+        return best_first(rows[key].rescored(score) for key, score in fused)
+
+
+@dataclass(frozen=True)
+class WeightedFusion:
+    """``alpha * dense + (1 - alpha) * bm25`` after min-max scaling each list."""
+
+    alpha: float = 0.5
+
+    def fuse(self, dense: Sequence[Candidate], sparse: Sequence[Candidate]) -> list[Candidate]:
+        rows = {c.id: c for c in (*sparse, *dense)}
+        fused = weighted_fusion([(c.id, c.score) for c in dense], [(c.id, c.score) for c in sparse], alpha=self.alpha)
+        return best_first(rows[key].rescored(score) for key, score in fused)
+
+
+def fusion_for(name: str, *, alpha: float, rrf_k: int) -> Fusion:
+    if name == "rrf":
+        if isinstance(rrf_k, bool) or not isinstance(rrf_k, int) or rrf_k <= 0:
+            raise InvalidInputError(f"rrf_k must be a positive integer, got {rrf_k!r}")
+        return RrfFusion(rrf_k)
+    if name == "weighted":
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+            raise InvalidInputError(f"alpha must be between 0 and 1, got {alpha!r}")
+        return WeightedFusion(float(alpha))
+    raise InvalidInputError(f"unknown fusion {name!r}; expected rrf or weighted")
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """A checked search: every argument of :meth:`Collection.search` but the filter."""
+
+    query: str | np.ndarray | Sequence[float]
+    k: int
+    mode: str
+    ef: int
+    exact: bool
+    rescore: int | None
+    fusion: Fusion
+    candidates: int | None
+    rerank: Reranker | None
+    group_by: str | None
+
+    @classmethod
+    def checked(cls, query: Any, k: Any, *, mode: str, ef: Any, exact: bool, rescore: Any, fusion: str,
+                alpha: float, rrf_k: int, candidates: Any, rerank: Reranker | None,
+                group_by: str | None) -> SearchRequest:
+        k = positive_int(k, "k")
+        if mode not in MODES:
+            raise InvalidInputError(f"unknown search mode {mode!r}; expected dense, bm25 or hybrid")
+        strategy = fusion_for(fusion, alpha=alpha, rrf_k=rrf_k)
+        if candidates is not None:
+            candidates = positive_int(candidates, "candidates")
+        if rescore is not None:
+            rescore = positive_int(rescore, "rescore")
+        ef = positive_int(ef, "ef")
+        if mode != "dense" and not isinstance(query, str):
+            raise InvalidInputError(f"{mode} search needs a text query, not a vector")
+        if rerank is not None and not isinstance(query, str):
+            raise InvalidInputError("reranking needs a text query, not a vector")
+        if isinstance(query, str):
+            from .validate import check_string
+
+            if not query.strip():
+                raise InvalidInputError("query is empty")
+            check_string(query, "query")
+        if group_by is not None and (not isinstance(group_by, str) or not group_by):
+            raise InvalidInputError(f"group_by must be a metadata field name, got {group_by!r}")
+        return cls(query, k, mode, ef, bool(exact), rescore, strategy, candidates, rerank, group_by)
+
+    @property
+    def first_stage(self) -> int:
+        """Candidates the first stage returns: k, the rerank pool, and room for grouping."""
+        n = (self.candidates or 100) if self.rerank is not None else self.k
+        return n * 5 if self.group_by is not None else n  # room for several chunks of one document
+
+
+def group_key(c: Candidate, field: str) -> Any:
+    """A hashable group for ``c``: its value of ``field`` (lists and objects as canonical JSON), or its own id."""
+    value = c.metadata.get(field)
+    if value is None:
+        return ("id", c.id)
+    if isinstance(value, (list, dict)):
+        return ("json", json.dumps(value, sort_keys=True, ensure_ascii=False))
+    return ("value", value)
+
+
+def first_stage(coll: Collection, r: SearchRequest, flt: CompiledFilter) -> list[Candidate]:
+    n = r.first_stage
+    if r.mode == "dense":
+        return coll._dense(coll._query_vector(r.query), n, flt, ef=r.ef, exact=r.exact, rescore=r.rescore)
+    if r.mode == "bm25":
+        return coll._bm25(str(r.query), n, flt)
+    pool = max(n, r.candidates or 0, HYBRID_POOL)
+    # bm25 runs in a worker thread (on its own connection) while the query is embedded and the vectors
+    # searched: the database, onnxruntime and faiss all release the GIL, so hybrid costs max(), not sum.
+    pending = coll._bm25_worker().submit(coll._bm25, str(r.query), pool, flt, reader=True)
+    try:
+        dense = coll._dense(coll._query_vector(r.query), pool, flt, ef=r.ef, exact=r.exact, rescore=r.rescore)
+    finally:
+        sparse = pending.result()
+    return r.fusion.fuse(dense, sparse)
+
+
+def hits_of(cands: Sequence[Candidate]) -> Hits:
+    return Hits(ids=[c.id for c in cands], scores=[float(c.score) for c in cands], texts=[c.text for c in cands],
+                metadata=[c.metadata for c in cands])
+
+
+def rerank_candidates(r: SearchRequest, reranker: Reranker, ranked: list[Candidate]) -> Hits:
+    pool = ranked[: r.candidates or 100]
+    missing = [c.id for c in pool if not c.text]
+    if missing:
+        raise InvalidInputError(f"record {missing[0]!r} has no text to rerank")
+    order = reranker.rerank(str(r.query), [str(c.text) for c in pool])
+    order.sort(key=lambda o: (-o[2], pool[o[0]].id))
+    top = order[: r.k]
+    hits = hits_of([pool[i].rescored(p) for i, p, _ in top])
+    return Hits(hits.ids, hits.scores, hits.texts, hits.metadata,
+                first_stage_scores=[pool[i].score for i, _, _ in top], rerank_logits=[lg for _, _, lg in top])
+
+
+def run_search(coll: Collection, r: SearchRequest, flt: CompiledFilter) -> Hits:
+    """Filters, the first stage, grouping, then reranking and the top k."""
+    ranked = first_stage(coll, r, flt)
+    if r.group_by is not None:
+        field = r.group_by
+        ranked = best_per_group(ranked, lambda c: group_key(c, field))
+    if r.rerank is None:
+        return hits_of(ranked[: r.k])
+    return rerank_candidates(r, r.rerank, ranked)
+
+
+__all__ = ["MODES", "Fusion", "RrfFusion", "SearchRequest", "WeightedFusion", "fusion_for", "group_key",
+           "run_search"]
