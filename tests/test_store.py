@@ -122,3 +122,60 @@ def test_saving_keeps_newer_index_files_and_drops_old_ones(tmp_path, vecs):
         files = sorted(p.name for p in folder.glob("ann-*.faiss"))
         assert files == ["ann-60.faiss", "ann-999999.faiss"]
         assert not stale_tmp.exists()
+
+
+def test_store_from_the_previous_format_adopts_its_index_once(tmp_path, vecs):
+    """A store saved before identities and checksums (index stamp format 1, no identity in meta) opens without
+    a rebuild, gains an identity, and its index is re-stamped in the new format on close."""
+    with make(tmp_path, exact_below=0) as c:
+        c.add_vectors(vecs[:300], [str(i) for i in range(300)])
+        c.delete([str(i) for i in range(10)])
+    folder = tmp_path / "c"
+    for f in folder.glob("ann*"):
+        f.unlink()
+    # As the old catch-up could leave it: without rows deleted before it saw them (seq 1-10), and without
+    # some it never read (seq 11-15, "10".."14", lost to the race this format fixes).
+    import faiss
+
+    from embedsmith.store.ann import AnnIndex, IndexSpec
+    from embedsmith.types import Metric, Precision
+
+    old_index = AnnIndex(IndexSpec(32, Metric.COSINE, Precision.FLOAT32))
+    old_index.add(np.arange(16, 301), vecs[15:300])
+    faiss.write_index(old_index.index, str(folder / "ann-300.faiss"))
+    (folder / "ann.json").write_text(json.dumps({"format": 1, "file": "ann-300.faiss", "last_seq": 300,
+                                                 "ntotal": 285, "bytes": (folder / "ann-300.faiss").stat().st_size}))
+    db = sqlite3.connect(folder / "collection.sqlite")
+    db.execute("DELETE FROM meta WHERE key IN ('identity', 'generation')")
+    db.commit()
+    db.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # adopted: no IndexRebuildWarning
+        with open_collection("c", store=tmp_path, exact_below=0) as c:
+            assert c.settings.identity and c.count() == 290
+            assert c.info()["index_vectors"] == 300  # the missing rows were added, nothing rebuilt
+            for i in (12, 42):
+                assert c.search(vecs[i], k=1).ids == [str(i)]
+        with open_collection("c", store=tmp_path, exact_below=0) as c:
+            assert c.verify().ok, c.verify().problems
+    assert json.loads((folder / "ann.json").read_text())["format"] == 2
+
+
+def test_a_filter_too_large_is_refused_before_reaching_sqlite(tmp_path, vecs):
+    from embedsmith.errors import FilterTooComplexError, InvalidInputError
+
+    with make(tmp_path) as c:
+        c.add_vectors(vecs[:20], [str(i) for i in range(20)], metadata=[{"n": i} for i in range(20)])
+        huge = {"$or": [{"n": i} for i in range(999)]}
+        for call in (lambda: c.search(vecs[0], where=huge), lambda: c.delete(where=huge),
+                     lambda: c.get(where={"$and": [huge]})):
+            with pytest.raises(FilterTooComplexError, match="at most 256"):
+                call()
+        assert issubclass(FilterTooComplexError, InvalidInputError) and c.count() == 20
+        deep: dict = {"n": 1}
+        for _ in range(20):
+            deep = {"$and": [deep]}
+        with pytest.raises(FilterTooComplexError, match="deeper than 16"):
+            c.search(vecs[0], where=deep)
+        # One $in with many values is one condition.
+        assert len(c.get(where={"n": {"$in": list(range(3000))}})) == 20

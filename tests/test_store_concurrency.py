@@ -92,6 +92,86 @@ def test_two_writers_and_a_reader_lose_nothing(store, tmp_path):
         assert not missed_ann, f"{len(missed_ann)} of {len(sample)} records not found by HNSW search"
 
 
+def test_commit_between_reading_new_rows_and_the_stamp_loses_nothing(tmp_path, vecs):
+    """Defect 1, deterministically: another writer commits while a reader catches up. The reader's stamp must
+    not move past the row it did not read (once it did: the row was never added to the index, not even for
+    exact search, and the reader saved that index on close)."""
+    reader = open_collection("k", store=tmp_path, dim=32, exact_below=0)
+    writer = open_collection("k", store=tmp_path, dim=32)
+    reader.add_vectors(vecs[:5], [f"r{i}" for i in range(5)])
+    writer.add_vectors(vecs[5:6], ["w0"])  # the reader has rows to catch up
+    fired = []
+
+    def commit_meanwhile(statement: str) -> None:
+        # Fires as the reader starts reading the rows it lacks: another handle commits right then.
+        if "SELECT seq, vector FROM records" in statement and not fired:
+            fired.append(statement)
+            writer.add_vectors(vecs[6:7], ["w1"])
+
+    reader._conn.set_trace_callback(commit_meanwhile)
+    try:
+        first = reader.count()  # its snapshot began before w1 was committed
+    finally:
+        reader._conn.set_trace_callback(None)
+    assert fired, "the catch-up read was not reached"
+    assert first == 6 and reader.count() == 7
+    for i, rid in ((5, "w0"), (6, "w1")):
+        assert reader.search(vecs[i], k=1, exact=True).ids == [rid]
+        assert reader.search(vecs[i], k=1).ids == [rid]
+    reader.close()
+    writer.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the saved index is consistent: no rebuild
+        with open_collection("k", store=tmp_path, exact_below=0) as c:
+            assert c.verify().ok
+            assert c.search(vecs[6], k=1, exact=True).ids == ["w1"]
+
+
+def test_first_bulk_insert_on_postgres_never_blocks_readers(pg_server):
+    """Defect 8: the first large insert used to drop the HNSW index inside its transaction (ACCESS EXCLUSIVE
+    on the table until the graph was rebuilt), so every reader waited. Now the graph is built with a SHARE
+    lock: a reader with a 200 ms lock timeout is never refused while the insert runs."""
+    import threading
+
+    import psycopg
+
+    from conftest import clustered, pg_schema
+
+    data = clustered(10_000, dim=32, seed=5)
+    with pg_schema(pg_server) as pg, open_collection("b", store=pg, dim=32) as c:
+        table = c._t
+        done = threading.Event()
+        errors: list[BaseException] = []
+
+        def load() -> None:
+            try:
+                c.add_vectors(data, [str(i) for i in range(len(data))])
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+            finally:
+                done.set()
+
+        refused, exclusive, reads = 0, 0, 0
+        with psycopg.connect(pg_server, autocommit=True) as conn:
+            conn.execute("SET lock_timeout = '200ms'")
+            thread = threading.Thread(target=load)
+            thread.start()
+            while not done.is_set():
+                try:
+                    conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+                    reads += 1
+                except psycopg.errors.LockNotAvailable:
+                    refused += 1
+                exclusive += conn.execute(
+                    "SELECT count(*) FROM pg_locks WHERE relation = %s::regclass AND mode = 'AccessExclusiveLock'",
+                    (table,)).fetchone()[0]
+                time.sleep(0.02)
+            thread.join()
+        assert not errors, errors
+        assert reads > 0 and refused == 0 and exclusive == 0
+        assert c.count() == len(data) and c.search(data[123], k=1).ids == ["123"]
+
+
 # -- 2. a collection deleted (and recreated) under an open handle ------------------------------------------
 
 REPLACER = """
@@ -273,3 +353,94 @@ def test_kill_9_during_snapshot_leaves_no_partial_file(tmp_path):
             assert not target.exists(), f"a half-written snapshot was left at {target}"
         _check_all_live(store, live, every=0 if round_ < 3 else 10)
 
+
+
+# -- kill -9 during ingestion and re-embedding (a real model) ------------------------------------------------
+
+INDEXER = """
+import sys
+from embedsmith import load_encoder, open_collection
+from embedsmith.ingest import index_paths
+c = open_collection("kb", store=sys.argv[1], encoder=load_encoder("minilm", backend="onnx"))
+index_paths(c, [sys.argv[2]], max_tokens=128, batch_chunks=12)
+c.close()
+"""
+
+
+def _chunks_by_source(c) -> dict[str, list[int]]:  # type: ignore[no-untyped-def]
+    out: dict[str, list[int]] = {}
+    for batch in c.iter_records(batch=1000):
+        for r in batch:
+            out.setdefault(r["metadata"]["source"], []).append(r["metadata"]["chunk"])
+    return out
+
+
+def _kill_when(proc: subprocess.Popen, ready, timeout: float = 120.0) -> bool:  # type: ignore[type-arg,no-untyped-def]
+    """Poll until ``ready()``, then SIGKILL the process; False when it finished first."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        if ready():
+            proc.kill()
+            proc.wait()
+            return True
+        time.sleep(0.05)
+    proc.wait()
+    return False
+
+
+@pytest.mark.slow
+def test_kill_9_during_index_and_reembed_then_rerun_loses_nothing(tmp_path):
+    """kill -9 in the middle of ``index`` (after its first commit) and of ``reembed`` (once the target exists):
+    the store stays sound, no file is half-indexed, the target is marked incomplete, and reruns finish the job
+    with every record present once."""
+    import json
+
+    from conftest import CRAN
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for line in (CRAN / "corpus.jsonl").read_text().splitlines()[:60]:
+        row = json.loads(line)
+        (docs / f"{row['_id']}.txt").write_text(f"{row['title']}\n\n{row['text']}", encoding="utf-8")
+    store = tmp_path / "store"
+    store.mkdir()
+
+    def committed() -> bool:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", IndexRebuildWarning)
+                with open_collection("kb", store=store, create=False) as c:
+                    return c.count() > 0
+        except Exception:  # not created yet
+            return False
+
+    proc = subprocess.Popen([sys.executable, "-c", INDEXER, str(store), str(docs)], stderr=subprocess.DEVNULL)
+    killed = _kill_when(proc, committed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", IndexRebuildWarning)
+        with open_collection("kb", store=store) as c:
+            assert c.verify().ok
+            partial = _chunks_by_source(c)
+    for chunks in partial.values():  # a file's chunks commit together: all of them or none
+        assert sorted(chunks) == list(range(len(chunks)))
+    subprocess.run([sys.executable, "-c", INDEXER, str(store), str(docs)], check=True, stderr=subprocess.DEVNULL)
+    with open_collection("kb", store=store) as c:
+        full = _chunks_by_source(c)
+        total = c.count()
+    assert len(full) == 60 and all(sorted(v) == list(range(len(v))) for v in full.values())
+    assert sum(map(len, full.values())) == total
+    assert all(full[s] and sorted(full[s]) == sorted(v) for s, v in partial.items())
+    assert killed or len(partial) == 60
+
+    cli = [sys.executable, "-m", "embedsmith.cli", "reembed", "-c", "kb", "--to", "kb2", "--model", "minilm",
+           "--backend", "onnx", "--store", str(store)]
+    proc = subprocess.Popen(cli, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if _kill_when(proc, lambda: (store / "kb2" / "collection.sqlite").is_file()):
+        with open_collection("kb2", store=store, create=False) as c:
+            assert c.notes().get("reembed_incomplete") == "kb"
+            assert c.verify().ok and c.count() < total
+    done = subprocess.run(cli, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    with open_collection("kb2", store=store, create=False) as c, open_collection("kb", store=store) as src:
+        assert c.count() == total and c.notes() == {}
+        assert {i for b in c.export_records() for i in b.ids} == {i for b in src.export_records() for i in b.ids}

@@ -29,12 +29,16 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import (
+    CollectionBusyError,
+    CollectionExistsError,
+    CollectionNotFoundError,
     EmbedsmithError,
     InvalidInputError,
     MissingExtraError,
     ModelNotFoundError,
     SettingsMismatchError,
     StoreError,
+    StoreReadOnlyError,
 )
 from ..types import Encoder, Kind
 from . import schemas as s
@@ -145,11 +149,16 @@ def _library_error(exc: EmbedsmithError) -> tuple[int, str | None]:
         return 409, "settings_mismatch"
     if isinstance(exc, ModelNotFoundError):
         return 404, "model_not_found"
+    if isinstance(exc, CollectionNotFoundError):
+        return 404, "collection_not_found"
+    if isinstance(exc, CollectionExistsError):
+        return 409, "collection_exists"
+    if isinstance(exc, CollectionBusyError):
+        return 409, "collection_busy"
+    if isinstance(exc, StoreReadOnlyError):
+        return 403, "store_read_only"
     if isinstance(exc, StoreError):
-        msg = str(exc)
-        if msg.startswith("no collection"):
-            return 404, "collection_not_found"
-        return (409, "collection_busy") if ("being written" in msg or "is closed" in msg) else (503, "store_error")
+        return 503, "store_error"
     if isinstance(exc, MissingExtraError):
         return 501, "missing_extra"
     return 400, None
@@ -276,10 +285,10 @@ class Service:
 
         with self._collections_lock:
             coll = self._collections.get(name)
-            if coll is not None and (coll.folder / "collection.sqlite").is_file():
-                return coll
-            if coll is not None:  # deleted behind our back
-                self._collections.pop(name).close()
+            if coll is not None:
+                if coll.is_current():
+                    return coll
+                self._collections.pop(name).close()  # deleted or replaced behind our back
             coll = open_collection(name, store=self.settings.store, create=False)
             enc = self._served_encoder_for(coll.settings.fingerprint)
             if enc is not None:

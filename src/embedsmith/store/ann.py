@@ -254,10 +254,16 @@ def file_checksum(path: Path) -> str:
 
 
 def verify_file(folder: Path) -> tuple[dict[str, Any] | None, list[str]]:
-    """The stamp and the problems of the saved index file: missing, size or checksum not as stamped."""
+    """The stamp and the problems of the saved index file: missing, size or checksum not as stamped.
+
+    No stamp at all is not a problem: the index is a cache, not saved yet (a new collection, or a writer killed
+    before its first save), and it is built from the rows on open.
+    """
+    if not (folder / "ann.json").exists():
+        return None, []
     stamp = read_stamp(folder)
     if stamp is None:
-        return None, ["the ANN index has no stamp (ann.json missing or unreadable); repair rebuilds it"]
+        return None, ["the ANN index stamp ann.json is unreadable; repair rebuilds the index"]
     path = folder / str(stamp.get("file"))
     if not path.is_file():
         return stamp, [f"the ANN index file {path.name} named by ann.json is missing"]

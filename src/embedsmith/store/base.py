@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import numpy as np
 
-from ..errors import CollectionExistsError, CollectionNotFoundError, InvalidInputError
+from ..errors import CollectionExistsError, CollectionNotFoundError, InvalidInputError, StoreError
 from ..quantization import Int8Calibration
 from ..search import RRF_K
 from ..types import Encoder, Hits, Metric, Precision
@@ -232,6 +232,18 @@ class Collection(abc.ABC):
     @abc.abstractmethod
     def _index_vectors(self) -> int:
         """Vectors the ANN index holds (deleted ones included until compaction)."""
+
+    @abc.abstractmethod
+    def _notes(self) -> dict[str, Any]:
+        """The collection's notes (small JSON values kept beside its settings)."""
+
+    @abc.abstractmethod
+    def _set_notes(self, changes: dict[str, Any]) -> None:
+        """Set notes in one transaction; a None value removes the note."""
+
+    @abc.abstractmethod
+    def _is_current(self) -> bool:
+        """Whether the collection this handle opened still exists under its name (cheap: no row is read)."""
 
     @abc.abstractmethod
     def _verify(self, report: VerifyReport) -> None:
@@ -597,8 +609,37 @@ class Collection(abc.ABC):
             "name": s.name, "count": self._count_live(), "model": s.model, "fingerprint": s.fingerprint,
             "prompts": s.prompts, "dim": s.dim, "dims": s.dims, "precision": s.precision.value,
             "metric": s.metric.value, "disk_bytes": self._disk_bytes(), "path": self._location(),
-            "index_vectors": self._index_vectors(), "identity": s.identity,
+            "index_vectors": self._index_vectors(), "identity": s.identity, "notes": self._notes(),
         }
+
+    @translated
+    def notes(self) -> dict[str, Any]:
+        """Notes recorded with the collection, e.g. ``{"reembed_incomplete": "kb"}`` while a re-embedding into it
+        has not finished."""
+        return self._notes()
+
+    @translated
+    def set_notes(self, **changes: Any) -> None:
+        """Record notes with the collection (JSON values; None removes one), in one transaction."""
+        import json
+
+        for key, value in changes.items():
+            try:
+                json.dumps(value, allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                raise InvalidInputError(f"note {key!r} is not JSON-serialisable: {exc}") from None
+        self._set_notes(changes)
+
+    def is_current(self) -> bool:
+        """Whether this handle's collection still exists (False once another process deleted or replaced it, or
+        the handle was closed): a cheap check for long-lived holders such as the server."""
+        if self._closed:
+            return False
+        try:
+            with self._errors():
+                return self._is_current()
+        except StoreError:
+            return False
 
     def verify(self) -> VerifyReport:
         """Check the collection's integrity: the database, the derived index files against the rows, their

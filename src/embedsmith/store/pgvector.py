@@ -550,6 +550,29 @@ class PgCollection(Collection):
         with self._connection() as conn:
             return int(_scalar(conn, f"SELECT count(*) FROM {self._t}"))
 
+    def _notes(self) -> dict[str, Any]:
+        with self._connection() as conn:
+            notes = _scalar(conn, f"SELECT settings -> 'notes' FROM {self.schema}.collections WHERE name = %s",
+                            (self.name,))
+        return dict(sorted((notes or {}).items()))
+
+    def _set_notes(self, changes: dict[str, Any]) -> None:
+        with self._write() as conn:
+            notes = _scalar(conn, f"SELECT settings -> 'notes' FROM {self.schema}.collections WHERE name = %s",
+                            (self.name,)) or {}
+            for key, value in changes.items():
+                if value is None:
+                    notes.pop(key, None)
+                else:
+                    notes[key] = value
+            conn.execute(f"UPDATE {self.schema}.collections SET settings = settings || %s::jsonb WHERE name = %s",
+                         (json.dumps({"notes": notes}, ensure_ascii=False), self.name))
+
+    def _is_current(self) -> bool:
+        with self._connection() as conn:
+            return _scalar(conn, f"SELECT tbl FROM {self.schema}.collections WHERE name = %s",
+                           (self.name,)) == self.table
+
     def _verify(self, report: VerifyReport) -> None:
         with self._connection() as conn, conn.transaction():
             row = conn.execute(f"SELECT tbl, settings, bm25_docs, bm25_tokens FROM {self.schema}.collections "

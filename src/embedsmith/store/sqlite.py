@@ -438,7 +438,7 @@ class SqliteCollection(Collection):
             return int(self._live)
 
     def _count_estimate(self) -> int:
-        return self._count_live()
+        return int(self._live)  # as of the last look; _ann catches up before it searches
 
     def _count(self, flt: CompiledFilter) -> int:
         with self._lock:
@@ -603,9 +603,35 @@ class SqliteCollection(Collection):
             try:
                 self._conn.backup(dst)
                 dst.execute("PRAGMA journal_mode=DELETE")
+                # Deleted rows are out of the FTS index already; the snapshot holds live records only.
+                dst.execute("DELETE FROM records WHERE deleted = 1")
+                dst.execute("VACUUM")
                 return int(dst.execute("SELECT COUNT(*) FROM records WHERE deleted = 0").fetchone()[0])
             finally:
                 dst.close()
+
+    def _notes(self) -> dict[str, Any]:
+        with self._lock:
+            self._check_alive()
+            return {k[5:]: json.loads(v) for k, v in self._conn.execute(
+                "SELECT key, value FROM meta WHERE key LIKE 'note:%' ORDER BY key")}
+
+    def _set_notes(self, changes: dict[str, Any]) -> None:
+        with self._lock, self._write() as db:
+            for key, value in changes.items():
+                if value is None:
+                    db.execute("DELETE FROM meta WHERE key = ?", (f"note:{key}",))
+                else:
+                    db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                               (f"note:{key}", json.dumps(value, ensure_ascii=False)))
+
+    def _is_current(self) -> bool:
+        with self._lock:
+            try:
+                self._sync()  # a stat, and the deleted mark when another connection committed
+            except CollectionNotFoundError:
+                return False
+            return True
 
     def _verify(self, report: VerifyReport) -> None:
         with self._lock:
@@ -641,6 +667,8 @@ class SqliteCollection(Collection):
                 stamp, problems = verify_file(self.folder)
                 for p in problems:
                     report.problem(p)
+                if stamp is None and not problems:
+                    report.checks["index_file"] = "not saved yet (built from the rows on open)"
                 if stamp is not None and not problems:
                     if stamp.get("identity") != self.settings.identity:
                         report.problem("the ANN index file belongs to another collection; repair rebuilds it")
