@@ -38,9 +38,9 @@ if TYPE_CHECKING:
     from ..rerankers import Reranker
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    """One first-stage hit handed between search stages. Higher scores are better."""
+class Candidate(NamedTuple):
+    """One first-stage hit handed between search stages. Higher scores are better. (A NamedTuple: search builds
+    one per shortlisted row, and tuples are the cheapest typed value Python makes.)"""
 
     score: float
     id: str
@@ -48,7 +48,7 @@ class Candidate:
     metadata: dict[str, Any]
 
     def rescored(self, score: float) -> Candidate:
-        return Candidate(score, self.id, self.text, self.metadata)
+        return self._replace(score=score)
 
 
 def best_first(cands: Iterable[Candidate]) -> list[Candidate]:

@@ -138,6 +138,7 @@ class SqliteCollection(Collection):
         self._conn = conn
         self._generation = generation
         self._gone = False
+        self._checked_at = 0.0
         self._unsaved = 0
         self._last_save = time.monotonic()
         self._data_version = -1
@@ -157,10 +158,20 @@ class SqliteCollection(Collection):
         except sqlite3.Error as exc:
             raise translate(exc, f"collection {self.name!r}") from exc
 
-    def _check_alive(self) -> None:
-        """Raise when this handle's collection was closed, deleted or replaced (its file is another file)."""
+    def _check_alive(self, *, strict: bool = True) -> None:
+        """Raise when this handle's collection was closed, deleted or replaced (its file is another file).
+
+        A deletion through this library also marks the database, which every catch-up reads; the file check
+        catches a folder removed by hand. Writes always look; reads (``strict=False``) at most every 50 ms, as a
+        stat per search is a measurable part of a fast search.
+        """
         if self._closed:
             raise StoreError(f"collection {self.name!r} is closed")
+        if not strict and not self._gone:
+            now = time.monotonic()
+            if now - self._checked_at < 0.05:
+                return
+            self._checked_at = now
         if self._gone or _file_id(self._db_path) != self._file:
             self._gone = True
             raise CollectionNotFoundError(
@@ -240,7 +251,7 @@ class SqliteCollection(Collection):
 
     def _sync(self, *, force: bool = False) -> None:
         """Catch up with commits made by other connections (and processes) since the last look."""
-        self._check_alive()
+        self._check_alive(strict=force)
         if not force and self._conn.execute("PRAGMA data_version").fetchone()[0] == self._data_version:
             return
         with self._read():
@@ -523,7 +534,8 @@ class SqliteCollection(Collection):
             # exact scan takes over (Collection._dense).
             want = min(k * factor * (1 if flt.matches_all else 10) + self._dead, max(10_000, k * factor * 10))
             keys, scores = self._index.search(q, want, ef=ef, exact=exact)
-            if not approximate and s.metric is Metric.COSINE and scores.size and float(np.abs(scores).max()) > 1.001:
+            if (not approximate and s.metric is Metric.COSINE and scores.size
+                    and (float(scores[0]) > 1.001 or float(scores[-1]) < -1.001)):  # best first: the ends suffice
                 # Cosines of unit vectors lie in [-1, 1]: the index file was damaged after it was checked.
                 warnings.warn(f"ANN index of collection {self.name!r} gave a cosine of {float(scores.max()):.3g}; "
                               "it is damaged, rebuilding it from the database", IndexRebuildWarning, stacklevel=4)
@@ -533,9 +545,11 @@ class SqliteCollection(Collection):
                 rows = self._fetch(keys, flt, vectors=True)
                 if not rows:
                     return []
-                exact_scores = self._exact_scores(q, self._decode([r[3] for r in rows]))
-                return best_first(Candidate(float(sc), r[0], r[1], _metadata(r[2]))
-                                  for sc, r in zip(exact_scores, rows, strict=True))[:k]
+                full = (-self._exact_scores(q, self._decode([r[3] for r in rows]))).tolist()
+                # Rank the shortlist as plain tuples (best first, ties by id); build candidates (and parse
+                # metadata) for the top k only.
+                top = sorted(zip(full, (r[0] for r in rows), range(len(rows)), strict=True))[:k]
+                return [Candidate(-neg, rid, rows[i][1], _metadata(rows[i][2])) for neg, rid, i in top]
             score_of = dict(zip(keys.tolist(), scores.tolist(), strict=True))  # the graph's scores are exact
             rows = self._fetch(keys, flt, vectors=False)
             return best_first(Candidate(score_of[r[0]], r[1], r[2], _metadata(r[3])) for r in rows)[:k]
