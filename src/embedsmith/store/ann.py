@@ -32,6 +32,10 @@ class DamagedIndexError(Exception):
     """The index file is missing, truncated or does not match its stamp."""
 
 
+class IndexNotSavedError(DamagedIndexError):
+    """No index was ever saved in the folder (a new collection, or its writers have not saved yet)."""
+
+
 _FAISS: Any = None
 
 
@@ -209,7 +213,9 @@ class AnnIndex:
         faiss = _faiss()
         stamp = read_stamp(folder)
         if stamp is None:
-            raise DamagedIndexError("no index file")
+            if not (folder / "ann.json").exists() and not any(folder.glob("ann-*.faiss")):
+                raise IndexNotSavedError("no index saved yet")
+            raise DamagedIndexError("no index file stamp (ann.json) that loads")
         try:
             path = folder / str(stamp["file"])
             size = path.stat().st_size

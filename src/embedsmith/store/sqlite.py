@@ -44,7 +44,7 @@ from ..errors import (
 )
 from ..types import Encoder, Metric, Precision
 from .ann import FORMAT as ANN_FORMAT
-from .ann import AnnIndex, DamagedIndexError, IndexSpec, locked, verify_file
+from .ann import AnnIndex, DamagedIndexError, IndexNotSavedError, IndexSpec, locked, verify_file
 from .base import Candidate, Collection, RecordBatch, Store, VerifyReport, best_first
 from .bm25 import FTS_SCHEMA, INDEX_ROWS, SEARCH_VIEW, UNINDEX_ROWS, match_expression
 from .filters import CompiledFilter, Where, compile_where, sqlite_json_path
@@ -306,7 +306,9 @@ class SqliteCollection(Collection):
                                             f"its stamp {index.last_seq}")
             return index
         except DamagedIndexError as exc:
-            if self._conn.execute("SELECT 1 FROM records LIMIT 1").fetchone() is not None:
+            # Never saved is the normal state of a collection whose writers are still at work: built quietly.
+            if not isinstance(exc, IndexNotSavedError) and self._conn.execute(
+                    "SELECT 1 FROM records LIMIT 1").fetchone() is not None:
                 warnings.warn(f"ANN index of collection {self.name!r} is unusable ({exc}); rebuilding it from "
                               "the database", IndexRebuildWarning, stacklevel=6)
             return AnnIndex(spec)
