@@ -548,3 +548,14 @@ def test_lock_timeout_is_collection_busy(store, vecs):
             other.close()
         c.add_vectors(vecs[:1], ["a"])
         assert c.count() == 1
+
+
+def test_cli_collections_lists_the_others_when_one_is_damaged(tmp_path, vecs):
+    for name in ("good", "bad"):
+        with open_collection(name, store=tmp_path, dim=32) as c:
+            c.add_vectors(vecs[:5], list("abcde"))
+    (tmp_path / "bad" / "collection.sqlite").write_bytes(b"this is not a database" * 100)
+    proc = cli("collections", "--store", str(tmp_path), "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["name"]: r for r in json.loads(proc.stdout)}
+    assert rows["good"]["count"] == 5 and "damaged" in rows["bad"]["error"]

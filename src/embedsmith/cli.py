@@ -286,12 +286,16 @@ def compact(collection: CollectionOpt, store: StoreOpt = None) -> None:
 @app.command()
 def collections(store: StoreOpt = None, as_json: JsonOpt = False) -> None:
     """List collections: count, model, dimension, precision, metric, size on disk."""
+    from .errors import StoreError
     from .store import list_collections, open_collection
 
     rows = []
     for name in list_collections(store):
-        with open_collection(name, store=store, create=False) as c:
-            rows.append(c.info())
+        try:
+            with open_collection(name, store=store, create=False) as c:
+                rows.append(c.info())
+        except StoreError as exc:  # one damaged collection must not hide the others
+            rows.append({"name": name, "error": str(exc)})
     if as_json:
         print(json.dumps(rows, indent=2))
         return
@@ -302,6 +306,9 @@ def collections(store: StoreOpt = None, as_json: JsonOpt = False) -> None:
     for col in ("name", "count", "model", "dim", "precision", "metric", "disk"):
         table.add_column(col)
     for r in rows:
+        if "error" in r:
+            table.add_row(r["name"], "-", f"[red]unreadable: {r['error']}[/red]", "", "", "", "")
+            continue
         dim = f"{r['dims']} of {r['dim']}" if r["dims"] != r["dim"] else str(r["dim"])
         table.add_row(r["name"], str(r["count"]), str(r["model"]), dim, r["precision"], r["metric"],
                       f"{r['disk_bytes'] / 1e6:.1f} MB")
