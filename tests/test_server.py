@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import SEED, serving
-from embedsmith import IndexRebuildWarning, open_collection
+from embedsmith import IndexRebuildWarning, InvalidInputError, open_collection
 from embedsmith.rerankers import Reranker
 from embedsmith.server import ServerSettings, create_app
 from embedsmith.server.batching import EmbeddingBatcher
@@ -503,6 +503,37 @@ def test_embedsmith_serve_command(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "embedsmith.cli", "serve", "--workers", "0"], capture_output=True,
                          text=True, env=env)
     assert bad.returncode == 1 and bad.stderr.strip() == "embedsmith: error: --workers must be at least 1, got 0"
+    # An empty key is refused: it would otherwise silently mean "no auth".
+    empty = subprocess.run([sys.executable, "-m", "embedsmith.cli", "serve", "--port", str(port)], capture_output=True,
+                           text=True, env={**os.environ, "EMBEDSMITH_API_KEY": ""})
+    assert empty.returncode == 1 and empty.stderr.startswith("embedsmith: error: the API key is empty")
+    assert "Traceback" not in empty.stderr and len(empty.stderr.strip().splitlines()) == 1
+
+
+def test_without_a_key_only_requests_to_this_host_are_answered(url, minilm_onnx, tmp_path):
+    """DNS rebinding: a page on attacker.example that resolves to 127.0.0.1 sends Host: attacker.example. Without
+    an API key, such requests are refused before they reach any route (the collection is still there)."""
+    from embedsmith.server.app import host_name
+
+    httpx.post(url + "/v1/collections", json={"name": "rebind"}).raise_for_status()
+    for host in ("attacker.example", "attacker.example:80", "127.0.0.1.attacker.example", ""):
+        res = httpx.delete(url + "/v1/collections/rebind", headers={"Host": host})
+        assert assert_openai_error(res, 403)["code"] == "forbidden_host", host
+        assert httpx.get(url + "/v1/models", headers={"Host": host}).status_code == 403
+    port = url.rsplit(":", 1)[1]
+    for host in (f"localhost:{port}", f"LOCALHOST:{port}", f"127.0.0.1:{port}", "[::1]"):
+        assert httpx.get(url + "/v1/models", headers={"Host": host}).status_code == 200, host
+    assert httpx.get(url + "/v1/collections/rebind").status_code == 200
+    assert httpx.delete(url + "/v1/collections/rebind").status_code == 200
+    assert [host_name(h) for h in ("Box.LAN:8000", "[::1]:8000", "::1", "0.0.0.0")] == \
+        ["box.lan", "[::1]", "[::1]", "0.0.0.0"]
+    # --allowed-host adds a name; an empty key does not mean "no key".
+    app = create_app(ServerSettings(store=str(tmp_path), allowed_hosts=["box.lan"]), encoders={"minilm": minilm_onnx})
+    with serving(app) as base:
+        assert httpx.get(base + "/v1/models", headers={"Host": "box.lan:9000"}).status_code == 200
+        assert httpx.get(base + "/v1/models", headers={"Host": "other.lan"}).status_code == 403
+    with pytest.raises(InvalidInputError, match="api_key is empty"):
+        ServerSettings(api_key="")
 
 
 def test_one_failing_request_does_not_fail_its_batch(minilm_onnx):

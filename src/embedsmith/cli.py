@@ -491,6 +491,8 @@ def serve(
     api_key: Annotated[str | None, typer.Option(envvar="EMBEDSMITH_API_KEY", show_default=False,
                                                 help="require 'Authorization: Bearer KEY' (prefer the env var)")]
     = None,
+    allowed_host: Annotated[list[str] | None, typer.Option(
+        "--allowed-host", help="without an API key, also answer requests with this Host (repeatable)")] = None,
     workers: Annotated[int, typer.Option(help="server processes (each loads the models)")] = 1,
     threads: Annotated[int | None, typer.Option(help="encoder CPU threads per process (default: cores/workers)")]
     = None,
@@ -506,6 +508,10 @@ def serve(
 
     from .errors import InvalidInputError, require
 
+    if os.environ.get("EMBEDSMITH_API_KEY") == "" or (api_key is not None and not api_key.strip()):
+        # An empty key would otherwise read as "no key": refuse rather than serve without the auth asked for.
+        raise InvalidInputError("the API key is empty (EMBEDSMITH_API_KEY='' or --api-key ''); set a key, or unset "
+                                "the variable to serve without one")
     require("uvicorn", extra="serve", what="embedsmith serve")
     import uvicorn
 
@@ -519,11 +525,13 @@ def serve(
         threads = max(1, (os.cpu_count() or 1) // workers)
     settings = ServerSettings(
         models=model or ["minilm"], backend=backend, reranker=str(reranker) if reranker else None, store=store,
-        api_key=api_key, max_inputs=max_inputs, max_input_chars=max_input_chars, max_body_bytes=max_body_bytes,
+        api_key=api_key, host=host, allowed_hosts=list(allowed_host or []), max_inputs=max_inputs,
+        max_input_chars=max_input_chars, max_body_bytes=max_body_bytes,
         max_batch=max_batch, batch_wait_ms=batch_wait_ms, threads=threads,
     )
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
-        print(f"embedsmith: warning: serving on {host} without an API key: anyone who can reach it can use it",
+        print(f"embedsmith: warning: serving on {host} without an API key: only requests addressed to localhost or "
+              "an --allowed-host name are answered; set EMBEDSMITH_API_KEY to serve the network",
               file=sys.stderr)
     shown = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
     print(f"embedsmith: serving {', '.join(settings.models)} on {shown} (search page at /, API under /v1)",

@@ -65,6 +65,11 @@ class ServerSettings:
         reranker: a cross-encoder folder for /v1/rerank and reranked search, or None.
         store: the collections folder (default: embedsmith's default store).
         api_key: when set, every endpoint but /health and the page's HTML needs ``Authorization: Bearer KEY``.
+            An empty key is refused (it would silently mean "no auth").
+        host: the interface the server binds. Without a key, only requests whose ``Host`` is this host,
+            ``127.0.0.1``, ``localhost`` or ``[::1]`` (or one of ``allowed_hosts``) are served, so a web page
+            the user visits cannot drive the local API through DNS rebinding; others get 403.
+        allowed_hosts: more ``Host`` names to accept without a key (e.g. the machine's name on a LAN).
         max_inputs: texts per embeddings request (and documents per rerank or write).
         max_input_chars: characters per text.
         max_body_bytes: request body size.
@@ -79,6 +84,8 @@ class ServerSettings:
     reranker: str | None = None
     store: str | None = None
     api_key: str | None = None
+    host: str = "127.0.0.1"
+    allowed_hosts: list[str] = field(default_factory=list)
     max_inputs: int = 2048
     max_input_chars: int = 32_768
     max_body_bytes: int = 16 * 1024 * 1024
@@ -128,7 +135,8 @@ class BodyTooLargeError(StarletteHTTPException):
         super().__init__(413, f"request body is larger than the limit of {limit} bytes")
 
 
-_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                404: "not_found_error",
                 405: "invalid_request_error", 409: "conflict_error", 413: "request_too_large",
                 422: "invalid_request_error", 429: "rate_limit_error", 500: "server_error",
                 503: "service_unavailable"}
@@ -164,12 +172,30 @@ def _library_error(exc: EmbedsmithError) -> tuple[int, str | None]:
     return 400, None
 
 
+def host_name(value: str) -> str:
+    """The host of a ``Host`` header or address, lower-cased, without its port; IPv6 in brackets."""
+    h = value.strip().lower()
+    if h.startswith("["):
+        return h[: h.find("]") + 1] if "]" in h else h
+    if h.count(":") > 1:  # a bare IPv6 address (a bind address, not a header)
+        return f"[{h}]"
+    return h.rsplit(":", 1)[0]
+
+
+def served_hosts(settings: ServerSettings) -> frozenset[str]:
+    """The ``Host`` names a server without a key answers: loopback names, the bound host, the allowed ones."""
+    names = {"127.0.0.1", "localhost", "[::1]", host_name(settings.host), *map(host_name, settings.allowed_hosts)}
+    return frozenset(names)
+
+
 class ServiceMiddleware:
     """API key, body size limit and request metrics, in one pure ASGI layer (cheap per request)."""
 
-    def __init__(self, app: ASGIApp, *, api_key: str | None, max_body_bytes: int, metrics: ServiceMetrics) -> None:
+    def __init__(self, app: ASGIApp, *, api_key: str | None, max_body_bytes: int, metrics: ServiceMetrics,
+                 hosts: frozenset[str] = frozenset()) -> None:
         self.app = app
         self.expected = f"Bearer {api_key}".encode() if api_key else None
+        self.hosts = hosts  # checked only without a key
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
 
@@ -187,6 +213,12 @@ class ServiceMiddleware:
             await send(message)
 
         try:
+            if self.expected is None and not self._known_host(scope):
+                await self._reply(send_wrapper, error_json(
+                    403, "this server has no API key and answers only requests addressed to its own host "
+                    "(Host 127.0.0.1, localhost, [::1] or the bound host); add --allowed-host NAME or set "
+                    "EMBEDSMITH_API_KEY to serve others", code="forbidden_host"), scope, receive)
+                return
             if self.expected is not None and scope["path"] not in PUBLIC_PATHS and not self._authorized(scope):
                 await self._reply(send_wrapper, error_json(
                     401, "missing or wrong API key: send 'Authorization: Bearer KEY'", code="invalid_api_key",
@@ -216,6 +248,10 @@ class ServiceMiddleware:
             path = getattr(route, "path", None) or ("unmatched" if status[0] == 404 else scope["path"]
                                                     if scope["path"] in PUBLIC_PATHS else "other")
             self.metrics.observe(scope["method"], path, status[0], time.perf_counter() - start)
+
+    def _known_host(self, scope: Scope) -> bool:
+        raw = next((v for k, v in scope["headers"] if k == b"host"), None)
+        return raw is not None and host_name(raw.decode("latin-1")) in self.hosts
 
     def _authorized(self, scope: Scope) -> bool:
         got = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
@@ -427,7 +463,7 @@ def create_app(settings: ServerSettings | None = None, *, encoders: dict[str, En
         description="OpenAI-compatible embeddings, rerank and vector collections, served offline by embedsmith.",
     )
     app.state.service = service
-    app.add_middleware(ServiceMiddleware, api_key=settings.api_key,
+    app.add_middleware(ServiceMiddleware, api_key=settings.api_key, hosts=served_hosts(settings),
                        max_body_bytes=settings.max_body_bytes, metrics=service.metrics)
 
     # -- errors ------------------------------------------------------------------------------------
