@@ -562,3 +562,45 @@ def test_one_failing_request_does_not_fail_its_batch(minilm_onnx):
     assert isinstance(poisoned, RuntimeError)
     np.testing.assert_allclose(fine[0], minilm_onnx.encode(["fine"]), atol=1e-5)  # type: ignore[index]
     np.testing.assert_allclose(ok[0], minilm_onnx.encode(["ok"]), atol=1e-5)  # type: ignore[index]
+
+
+def test_bad_input_is_a_4xx_never_a_5xx(url, settings):
+    """Lone surrogates (valid JSON escapes, not storable text), filters too large for SQLite, group_by on a
+    list-valued field and a damaged collection beside good ones: each used to answer 500."""
+    api = httpx.Client(base_url=url)
+    surrogate = b'"\\ud800 x"'
+
+    def raw(method: str, path: str, body: bytes) -> httpx.Response:
+        return api.request(method, path, content=body, headers={"Content-Type": "application/json"})
+
+    assert_openai_error(raw("POST", "/v1/embeddings", b'{"input": ' + surrogate + b"}"), 400, param="input")
+    api.post("/v1/collections", json={"name": "strict"}).raise_for_status()
+    docs = "/v1/collections/strict/documents"
+    for doc in (b'{"id": "a", "text": ' + surrogate + b"}", b'{"id": ' + surrogate + b', "text": "ok"}',
+                b'{"id": "a", "text": "ok", "metadata": {"k": ' + surrogate + b"}}",
+                b'{"id": "a", "text": "ok", "metadata": {' + surrogate + b": 1}}"):
+        res = raw("POST", docs, b'{"documents": [' + doc + b"]}")
+        assert res.status_code == 400, (doc, res.text)
+    api.post(docs, json={"documents": [{"id": "a", "text": "heat flow in slabs", "metadata": {"tags": ["x", "y"]}},
+                                       {"id": "b", "text": "wing flutter", "metadata": {"tags": ["x", "y"]}}]})
+    assert api.get("/v1/collections/strict").json()["count"] == 2
+    search = "/v1/collections/strict/search"
+    assert raw("POST", search, b'{"query": ' + surrogate + b"}").status_code == 400
+    huge = {"$or": [{"n": i} for i in range(999)]}
+    assert_openai_error(api.post(search, json={"query": "heat", "where": huge}), 400)
+    assert_openai_error(api.post(docs + "/delete", json={"where": huge}), 400)
+    assert api.get("/v1/collections/strict").json()["count"] == 2
+    grouped = api.post(search, json={"query": "heat", "k": 5, "group_by": "tags"})
+    assert grouped.status_code == 200 and len(grouped.json()["data"]) == 1  # both records share one tag list
+    from pathlib import Path
+
+    bad = Path(settings.store) / "broken"
+    bad.mkdir()
+    (bad / "collection.sqlite").write_bytes(b"not a database" * 100)
+    listing = api.get("/v1/collections")
+    assert listing.status_code == 200, listing.text
+    assert "strict" in [c["name"] for c in listing.json()["data"]]
+    assert [u["name"] for u in listing.json()["unreadable"]] == ["broken"]
+    import shutil
+
+    shutil.rmtree(bad)

@@ -40,6 +40,7 @@ from ..errors import (
     StoreError,
     StoreReadOnlyError,
 )
+from ..store.validate import check_string
 from ..types import Encoder, Kind
 from . import schemas as s
 from .batching import EmbeddingBatcher, QueueFullError
@@ -301,6 +302,10 @@ class Service:
                            param=param, code="too_many_inputs")
         chars = self.settings.max_input_chars
         for i, t in enumerate(texts):
+            try:
+                check_string(t, f"{param}[{i}]")
+            except InvalidInputError as exc:  # a lone surrogate or NUL: not text any encoder or store can take
+                raise APIError(400, str(exc), param=param, code="invalid_text") from None
             if len(t) > chars:
                 raise APIError(422, f"{param}[{i}] has {len(t)} characters; the limit is {chars}",
                                param=param, code="input_too_long")
@@ -603,10 +608,16 @@ def create_app(settings: ServerSettings | None = None, *, encoders: dict[str, En
     async def list_collections() -> dict[str, Any]:
         from ..store import list_collections as names
 
-        def run() -> list[dict[str, Any]]:
-            return [info(service.collection(n)) for n in names(settings.store)]
+        def run() -> dict[str, Any]:
+            data, unreadable = [], []
+            for n in names(settings.store):
+                try:
+                    data.append(info(service.collection(n)))
+                except StoreError as exc:  # one damaged collection must not fail the listing of the others
+                    unreadable.append({"object": "collection.unreadable", "name": n, "error": str(exc)})
+            return {"object": "list", "data": data, "unreadable": unreadable}
 
-        return {"object": "list", "data": await run_in_threadpool(run)}
+        return await run_in_threadpool(run)
 
     @app.post("/v1/collections", response_model=s.CollectionInfo, status_code=201, tags=["collections"],
               responses={409: {"model": s.ErrorResponse}})

@@ -123,9 +123,18 @@ class CollectionInfo(BaseModel):
     disk_bytes: int
 
 
+class UnreadableCollection(BaseModel):
+    """A collection in the store that cannot be opened (damaged, or from a newer format): listed, not hidden."""
+
+    object: Literal["collection.unreadable"] = "collection.unreadable"
+    name: str
+    error: str
+
+
 class CollectionList(BaseModel):
     object: Literal["list"] = "list"
     data: list[CollectionInfo]
+    unreadable: list[UnreadableCollection] = []
 
 
 class Deleted(BaseModel):
