@@ -604,3 +604,57 @@ def test_bad_input_is_a_4xx_never_a_5xx(url, settings):
     import shutil
 
     shutil.rmtree(bad)
+
+
+def test_server_on_postgres(pg_server, minilm_onnx):
+    """`embedsmith serve --store postgresql://...` used to answer 500 to every write, search and info request."""
+    from conftest import pg_schema
+
+    with pg_schema(pg_server) as pg:
+        app = create_app(ServerSettings(store=pg), encoders={"minilm": minilm_onnx})
+        with serving(app) as base:
+            api = httpx.Client(base_url=base)
+            assert api.post("/v1/collections", json={"name": "pg"}).status_code == 201
+            res = api.post("/v1/collections/pg/documents", json={"documents": DOCS})
+            assert res.status_code == 200, res.text
+            res = api.put("/v1/collections/pg/documents", json={"documents": [
+                {"id": "d5", "text": "Stock markets fell sharply.", "metadata": {"topic": "finance"}}]})
+            assert res.status_code == 200, res.text
+            with open_collection("pg", store=pg, encoder=minilm_onnx) as lib:
+                for mode in ("dense", "bm25", "hybrid"):
+                    res = api.post("/v1/collections/pg/search", json={"query": "heat in slabs", "k": 3, "mode": mode})
+                    assert res.status_code == 200, res.text
+                    assert [h["id"] for h in res.json()["data"]] == lib.search("heat in slabs", k=3, mode=mode).ids
+            assert api.get("/v1/collections/pg").json()["count"] == len(DOCS)
+            assert [c["name"] for c in api.get("/v1/collections").json()["data"]] == ["pg"]
+            assert api.post("/v1/collections/pg/documents/delete", json={"ids": ["d5"]}).json()["deleted"] == 1
+            assert api.delete("/v1/collections/pg").status_code == 200
+            assert_openai_error(api.get("/v1/collections/pg"), 404)
+
+
+RECREATE = """
+import sys
+from embedsmith import delete_collection, load_encoder, open_collection
+delete_collection("g", store=sys.argv[1])
+with open_collection("g", store=sys.argv[1], encoder=load_encoder("minilm", backend="onnx")) as c:
+    c.add(["a record of the new collection"], ids=["new"])
+"""
+
+
+def test_write_after_another_process_replaced_the_collection_is_not_lost(minilm_onnx, tmp_path):
+    """The server holds collection g; another process deletes and recreates it. The next write must land in the
+    new g (it used to be acknowledged into the old, unlinked database, and lost)."""
+    import subprocess
+    import sys
+
+    app = create_app(ServerSettings(store=str(tmp_path)), encoders={"minilm": minilm_onnx})
+    with serving(app) as base:
+        api = httpx.Client(base_url=base)
+        api.post("/v1/collections", json={"name": "g"}).raise_for_status()
+        api.post("/v1/collections/g/documents", json={"documents": DOCS[:2]}).raise_for_status()
+        subprocess.run([sys.executable, "-c", RECREATE, str(tmp_path)], check=True, capture_output=True)
+        res = api.put("/v1/collections/g/documents", json={"documents": [{"id": "late", "text": "written after"}]})
+        assert res.status_code == 200, res.text
+        assert api.get("/v1/collections/g").json()["count"] == 2
+    with open_collection("g", store=tmp_path) as c:
+        assert sorted(r["id"] for r in c.get(["new", "late", DOCS[0]["id"]])) == ["late", "new"]
