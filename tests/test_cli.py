@@ -112,3 +112,38 @@ def test_index_search_delete_compact_collections(tmp_path):
     assert bad.returncode == 1 and "unknown filter operator '$regex'" in bad.stderr
     missing = run("search", "x", "-c", "nope", "--store", store, check=False)
     assert missing.returncode == 1 and "no collection 'nope'" in missing.stderr
+
+
+def test_bad_files_numbers_and_stores_are_one_line_errors(tmp_path):
+    """Each of these printed a traceback: a non-UTF-8 input file, a JSONL line without text or not JSON, a k
+    too large for SQLite, a filter number that is infinite, a damaged store."""
+    bad_utf8 = tmp_path / "latin1.txt"
+    bad_utf8.write_bytes("caf\xe9\n".encode("latin-1"))
+    no_text = tmp_path / "no-text.jsonl"
+    no_text.write_text('{"text": "fine"}\n{"title": "no text here"}\n')
+    not_json = tmp_path / "broken.jsonl"
+    not_json.write_text('{"text": "fine"}\n{"text": \n')
+    store = tmp_path / "store"
+    from embedsmith import open_collection
+
+    with open_collection("kb", store=store, dim=4) as c:
+        c.add_vectors(np.eye(4, dtype=np.float32), list("abcd"), texts=["heat", "flow", "wing", "slab"],
+                      metadata=[{"n": i} for i in range(4)])
+    with open_collection("broken", store=store, dim=4) as c:
+        c.add_vectors(np.eye(4, dtype=np.float32)[:1], ["a"])
+    (store / "broken" / "collection.sqlite").write_bytes(b"not a database" * 300)
+    cases = [
+        (("embed", "--input", str(bad_utf8)), "is not UTF-8 text"),
+        (("embed", "--input", str(no_text)), "line 2 has no 'text'"),
+        (("embed", "--input", str(not_json)), "line 2 is not JSON"),
+        (("search", "heat", "-c", "kb", "--store", str(store), "--mode", "bm25", "-k", "99999999999999999999"),
+         "k=99999999999999999999 is more hits"),
+        (("search", "heat", "-c", "kb", "--store", str(store), "--mode", "bm25", "--where", '{"n": {"$gt": 1e400}}'),
+         "needs a finite number"),
+        (("search", "heat", "-c", "broken", "--store", str(store), "--mode", "bm25"), "damaged"),
+        (("verify", "-c", "broken", "--store", str(store)), "broken"),
+    ]
+    for args, message in cases:
+        proc = run(*args, check=False)
+        assert proc.returncode in (1, 2) and message in proc.stderr + proc.stdout, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr, (args, proc.stderr)

@@ -35,9 +35,24 @@ def _read_inputs(texts: list[str], input_file: Path | None) -> list[str]:
             from .errors import InvalidInputError
 
             raise InvalidInputError(f"input file {str(input_file)!r} does not exist")
-        lines = input_file.read_text(encoding="utf-8").splitlines()
+        from .errors import InvalidInputError
+
+        try:
+            lines = input_file.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise InvalidInputError(f"{str(input_file)!r} is not UTF-8 text (byte {exc.start}: {exc.reason})") \
+                from None
         if input_file.suffix == ".jsonl":
-            items += [json.loads(line)["text"] for line in lines if line.strip()]
+            for n, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError as exc:
+                    raise InvalidInputError(f"{str(input_file)!r} line {n} is not JSON: {exc}") from None
+                if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                    raise InvalidInputError(f"{str(input_file)!r} line {n} has no 'text' string")
+                items.append(row["text"])
         else:
             items += [line for line in lines if line.strip()]
     if not items:

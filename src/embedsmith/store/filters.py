@@ -16,6 +16,7 @@ One walker checks and compiles a filter; each backend supplies the SQL of one fi
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -78,15 +79,15 @@ def _scalar(v: Any, field: str) -> Any:
     if isinstance(v, _SCALAR):
         if isinstance(v, str):
             check_string(v, f"filter value for {field!r}")
-        if isinstance(v, float) and v != v:
-            raise InvalidInputError(f"filter value for {field!r} is NaN")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise InvalidInputError(f"filter value for {field!r} must be a finite number, got {v!r}")
         return v
     raise InvalidInputError(f"filter value for {field!r} must be a string, number or bool, got {v!r}")
 
 
 def _number(op: str, arg: Any, field: str) -> Any:
-    if isinstance(arg, bool) or not isinstance(arg, (int, float)) or arg != arg:
-        raise InvalidInputError(f"{op} on {field!r} needs a number, got {arg!r}")
+    if isinstance(arg, bool) or not isinstance(arg, (int, float)) or not math.isfinite(arg):
+        raise InvalidInputError(f"{op} on {field!r} needs a finite number, got {arg!r}")
     return arg
 
 

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 MODES = ("dense", "bm25", "hybrid")
 HYBRID_POOL = 100  # each list contributes at least its top 100 to the fusion
+MAX_K = 10_000  # hits (and rerank candidates) one search may ask for
 
 
 class Fusion(Protocol):
@@ -90,11 +91,15 @@ class SearchRequest:
                 alpha: float, rrf_k: int, candidates: Any, rerank: Reranker | None,
                 group_by: str | None) -> SearchRequest:
         k = positive_int(k, "k")
+        if k > MAX_K:
+            raise InvalidInputError(f"k={k} is more hits than one search returns (at most {MAX_K}); page with a filter")
         if mode not in MODES:
             raise InvalidInputError(f"unknown search mode {mode!r}; expected dense, bm25 or hybrid")
         strategy = fusion_for(fusion, alpha=alpha, rrf_k=rrf_k)
         if candidates is not None:
             candidates = positive_int(candidates, "candidates")
+            if candidates > MAX_K:
+                raise InvalidInputError(f"candidates={candidates} is more than {MAX_K}")
         if rescore is not None:
             rescore = positive_int(rescore, "rescore")
         ef = positive_int(ef, "ef")
