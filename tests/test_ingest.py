@@ -102,3 +102,36 @@ def test_later_chunks_are_embedded_with_their_title(tmp_path, minilm_onnx):
         assert minilm_onnx.count_tokens(["Swept wing transition\n\n" + second["text"]])[0] <= 256
         # bm25 reads the title in front of every chunk too
         assert len(c.search("swept wing transition", k=10, mode="bm25")) == len(recs)
+
+
+def test_colliding_duplicate_and_oversized_rows_are_skipped_with_reasons(tmp_path, minilm_onnx):
+    """Two JSONL files both using _id "1" silently replaced each other; a duplicate id inside one file named
+    neither file nor line; a CSV cell over 128 KiB aborted the whole run; a CSV without the text column was
+    "indexed (0 documents)" without a word."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.jsonl").write_text(json.dumps({"_id": "1", "text": "heat flow in slabs"}) + "\n")
+    (docs / "b.jsonl").write_text(json.dumps({"_id": "2", "text": "wing flutter"}) + "\n"
+                                  + json.dumps({"_id": "1", "text": "boundary layers"}) + "\n")
+    (docs / "c.jsonl").write_text("\n".join(json.dumps({"_id": i, "text": f"row {i}"}) for i in ("7", "8", "7")))
+    long_text = "supersonic " + "x" * 140_000  # 140,011 characters in one cell (one unknown "word": cheap to embed)
+    (docs / "d.csv").write_text("id,text\nlong," + long_text + "\n", encoding="utf-8")
+    (docs / "e.csv").write_text("id,body,tag\n1,no text column here,x\n", encoding="utf-8")
+    with open_collection("kb", store=tmp_path / "store", encoder=minilm_onnx) as c:
+        with pytest.warns(SkippedFileWarning) as caught:
+            report = index_paths(c, [docs], max_tokens=64)
+        skipped = dict(report.files_skipped)
+        assert set(skipped) == {str(docs / "b.jsonl"), str(docs / "c.jsonl"), str(docs / "e.csv")}
+        assert "id '1' (line 2) is already used by" in skipped[str(docs / "b.jsonl")]
+        assert str(docs / "a.jsonl") in skipped[str(docs / "b.jsonl")]
+        assert "id '7' appears twice, on lines 1 and 3" in skipped[str(docs / "c.jsonl")]
+        assert "no 'text' column (columns: 'id', 'body', 'tag')" in skipped[str(docs / "e.csv")]
+        assert len(caught) == 3
+        assert c.get(["1"])[0]["text"] == "heat flow in slabs"  # a.jsonl's record is intact
+        long_chunks = c.get(where={"doc_id": "long"})
+        assert long_chunks and long_chunks[0]["text"].startswith("supersonic xxx")
+        # The next run still refuses b.jsonl (its id belongs to a.jsonl in the collection), and a is unchanged.
+        with pytest.warns(SkippedFileWarning):
+            again = index_paths(c, [docs], max_tokens=64)
+        assert again.files_unchanged == 2 and str(docs / "b.jsonl") in dict(again.files_skipped)
+        assert c.get(["1"])[0]["text"] == "heat flow in slabs"

@@ -47,6 +47,7 @@ class Document:
     source: str
     title: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    line: int | None = None  # the row's line in a JSONL or CSV file
 
 
 @dataclass
@@ -169,10 +170,28 @@ def read_documents(
                     yield n, row
         rows = parse()
     elif suffix == ".csv":
-        rows = enumerate(csv.DictReader(io.StringIO(text)), start=2)
+        table = csv.DictReader(io.StringIO(text))
+        columns = table.fieldnames or []
+        if text_field not in columns and title_field not in columns:
+            raise UnreadableFileError(f"no {text_field!r} column (columns: {', '.join(map(repr, columns)) or 'none'});"
+                                      " pass --text-field")
+
+        def parse_csv() -> Iterable[tuple[int, dict[str, Any]]]:
+            # Python's csv refuses fields over 128 KiB by default; a long document is not a broken file.
+            limit = csv.field_size_limit()
+            csv.field_size_limit(max(limit, 1 << 30))
+            try:
+                yield from ((table.line_num, row) for row in table)
+            except csv.Error as exc:
+                raise UnreadableFileError(f"line {table.line_num}: {exc}") from None
+            finally:
+                csv.field_size_limit(limit)
+
+        rows = parse_csv()
     else:
         raise UnreadableFileError(f"unsupported file type {suffix or '(none)'}")
     docs = []
+    seen: dict[str, int] = {}
     for n, row in rows:
         body = str(row.get(text_field) or "")
         title = str(row.get(title_field) or "") or None
@@ -180,7 +199,13 @@ def read_documents(
             continue
         rid = row.get(id_field) if id_field else row.get("_id", row.get("id"))
         extra = {k: v for k, v in (row.get("metadata") or {}).items()} if isinstance(row.get("metadata"), dict) else {}
-        docs.append(Document(str(rid) if rid not in (None, "") else f"{source}:{n}", body, source, title, extra))
+        doc_id = str(rid) if rid not in (None, "") else f"{source}:{n}"
+        if doc_id in seen:
+            raise UnreadableFileError(f"id {doc_id!r} appears twice, on lines {seen[doc_id]} and {n}")
+        seen[doc_id] = n
+        docs.append(Document(doc_id, body, source, title, extra, n))
+    if suffix == ".jsonl" and not docs and seen == {} and text.strip():
+        raise UnreadableFileError(f"no row has a {text_field!r} (or {title_field!r}) field; pass --text-field")
     return docs
 
 
@@ -265,6 +290,7 @@ def index_paths(
     known = {src: h for src, h in collection.distinct("source", "doc_hash") if src is not None}
     pending: list[dict[str, Any]] = []
     pending_sources: list[str] = []
+    claimed: dict[str, tuple[str, int | None]] = {}  # document id -> (file, line) indexed in this run
 
     def flush() -> None:
         if pending_sources:
@@ -292,6 +318,11 @@ def index_paths(
             report.files_skipped.append((source, str(exc)))
             warnings.warn(f"skipped {source}: {exc}", SkippedFileWarning, stacklevel=2)
             continue
+        clash = _id_clash(collection, docs, source, claimed)
+        if clash:
+            report.files_skipped.append((source, clash))
+            warnings.warn(f"skipped {source}: {clash}", SkippedFileWarning, stacklevel=2)
+            continue
         use_headings = headings if headings is not None else f.suffix.lower() in (".md", ".markdown")
         for doc in docs:
             for rec in document_chunks(doc, collection, max_tokens=max_tokens, overlap=overlap, headings=use_headings):
@@ -311,6 +342,32 @@ def index_paths(
             collection.delete(where={"source": {"$in": gone[part : part + 500]}})
         report.files_pruned = len(gone)
     return report
+
+
+def _id_clash(collection: Collection, docs: Sequence[Document], source: str,
+              claimed: dict[str, tuple[str, int | None]]) -> str | None:
+    """Why ``docs`` cannot be indexed because another file holds one of their ids, or None.
+
+    Record ids are the documents' own ids (evaluation matches judgements on them), so two files that both
+    use id "1" would silently replace each other's records; the second file is refused, naming both.
+    """
+    def where(src: str, line: int | None) -> str:
+        return f"{src} line {line}" if line else src
+
+    ids = [d.id for d in docs]
+    for d in docs:
+        other = claimed.get(d.id)
+        if other is not None and other[0] != source:
+            return f"id {d.id!r} (line {d.line}) is already used by {where(*other)}"
+    stored = {r["metadata"].get("doc_id", r["id"]): r["metadata"].get("source")
+              for r in collection.get(ids + [f"{i}#0" for i in ids])}
+    for d in docs:
+        src = stored.get(d.id)
+        if src is not None and src != source:
+            return f"id {d.id!r} (line {d.line}) is already used by {src} in collection {collection.name!r}"
+    for d in docs:
+        claimed[d.id] = (source, d.line)
+    return None
 
 
 def _under(path: Path, roots: Sequence[Path]) -> bool:
