@@ -658,3 +658,22 @@ def test_write_after_another_process_replaced_the_collection_is_not_lost(minilm_
         assert api.get("/v1/collections/g").json()["count"] == 2
     with open_collection("g", store=tmp_path) as c:
         assert sorted(r["id"] for r in c.get(["new", "late", DOCS[0]["id"]])) == ["late", "new"]
+
+
+def test_tokenize_matches_the_models_own_tokenizer(url):
+    from transformers import AutoTokenizer
+
+    from embedsmith.encoders.registry import _minilm_folder
+
+    reference = AutoTokenizer.from_pretrained(str(_minilm_folder()), local_files_only=True)
+    texts = ["A cat sits on the mat.", "Heat transfer in composite slabs, 1962."]
+    res = httpx.post(url + "/tokenize", json={"input": texts})
+    assert res.status_code == 200, res.text
+    body = res.json()
+    assert body["tokens"] == reference(texts)["input_ids"] and body["counts"] == [len(t) for t in body["tokens"]]
+    bare = httpx.post(url + "/tokenize", json={"input": texts[0], "add_special_tokens": False}).json()
+    assert bare["tokens"] == [reference(texts[0], add_special_tokens=False)["input_ids"]]
+    assert_openai_error(httpx.post(url + "/tokenize", json={"input": []}), 400, param="input")
+    assert_openai_error(httpx.post(url + "/tokenize", json={"input": "x", "model": "gpt"}), 404, param="model")
+    raw = httpx.post(url + "/tokenize", content=b'{"input": "\\ud800"}', headers={"Content-Type": "application/json"})
+    assert_openai_error(raw, 400, param="input")

@@ -571,6 +571,24 @@ def create_app(settings: ServerSettings | None = None, *, encoders: dict[str, En
         return Response(f'{{"object":"list","data":[{data}],"model":{json.dumps(name)},"usage":{usage}}}',
                         media_type="application/json")
 
+    @app.post("/tokenize", response_model=s.TokenizeResponse, tags=["embeddings"])
+    async def tokenize(body: s.TokenizeRequest) -> dict[str, Any]:
+        """Token ids per input, from the served model's own tokenizer (as TEI and infinity answer)."""
+        name = service.model_name(body.model)
+        enc = service.encoders[name]
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        if not texts:
+            raise APIError(400, "input is empty: send a text or a non-empty list of texts", param="input",
+                           code="empty_input")
+        service.check_texts(texts, "input")
+        tokenizer = getattr(enc, "fast_tokenizer", None)
+        if tokenizer is None:
+            raise APIError(400, f"model {name!r} has no tokenizer to show (its backend counts words)", param="model",
+                           code="no_tokenizer")
+        encoded = await run_in_threadpool(tokenizer.encode_batch, texts, add_special_tokens=body.add_special_tokens)
+        ids = [list(e.ids) for e in encoded]
+        return {"object": "list", "model": name, "tokens": ids, "counts": [len(x) for x in ids]}
+
     @app.post("/v1/rerank", response_model=s.RerankResponse, response_model_exclude_none=True, tags=["rerank"])
     async def rerank(body: s.RerankRequest) -> dict[str, Any]:
         """Cohere/Jina-style rerank with the server's cross-encoder; results best first."""

@@ -34,6 +34,21 @@ class EmbeddingRequest(BaseModel):
         None, description="embedsmith extension: add the model's prompt for queries or documents")
 
 
+class TokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    input: str | list[str] = Field(description="a text, or a list of texts")
+    model: str | None = Field(None, description="a served model (GET /v1/models); default: the first one")
+    add_special_tokens: bool = Field(True, description="include the model's [CLS]/[SEP]-style tokens")
+
+
+class TokenizeResponse(BaseModel):
+    object: Literal["list"] = "list"
+    model: str
+    tokens: list[list[int]] = Field(description="token ids per input, as the model's tokenizer gives them")
+    counts: list[int] = Field(description="tokens per input (before the model's max_tokens truncation)")
+
+
 class Embedding(BaseModel):
     object: Literal["embedding"] = "embedding"
     index: int
