@@ -150,27 +150,23 @@ def error_json(status: int, message: str, *, type: str | None = None, param: str
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+# The library's typed errors -> (HTTP status, OpenAI-style code), most specific first; README has the table.
+_STATUSES: tuple[tuple[type[EmbedsmithError], int, str | None], ...] = (
+    (QueueFullError, 429, "queue_full"),
+    (SettingsMismatchError, 409, "settings_mismatch"),
+    (ModelNotFoundError, 404, "model_not_found"),
+    (CollectionNotFoundError, 404, "collection_not_found"),
+    (CollectionExistsError, 409, "collection_exists"),
+    (CollectionBusyError, 409, "collection_busy"),
+    (StoreReadOnlyError, 403, "store_read_only"),
+    (StoreError, 503, "store_error"),
+    (MissingExtraError, 501, "missing_extra"),
+)
+
+
 def _library_error(exc: EmbedsmithError) -> tuple[int, str | None]:
-    """HTTP status and error code for an error raised by the library."""
-    if isinstance(exc, QueueFullError):
-        return 429, "queue_full"
-    if isinstance(exc, SettingsMismatchError):
-        return 409, "settings_mismatch"
-    if isinstance(exc, ModelNotFoundError):
-        return 404, "model_not_found"
-    if isinstance(exc, CollectionNotFoundError):
-        return 404, "collection_not_found"
-    if isinstance(exc, CollectionExistsError):
-        return 409, "collection_exists"
-    if isinstance(exc, CollectionBusyError):
-        return 409, "collection_busy"
-    if isinstance(exc, StoreReadOnlyError):
-        return 403, "store_read_only"
-    if isinstance(exc, StoreError):
-        return 503, "store_error"
-    if isinstance(exc, MissingExtraError):
-        return 501, "missing_extra"
-    return 400, None
+    """HTTP status and error code for an error raised by the library (400 for bad values and the rest)."""
+    return next(((status, code) for kind, status, code in _STATUSES if isinstance(exc, kind)), (400, None))
 
 
 def host_name(value: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import functools
+import json
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,7 @@ from .validate import (
     check_id_list,
     check_ids,
     check_metadata,
+    check_metadata_key,
     check_optional_texts,
     check_texts,
     check_vectors,
@@ -467,8 +469,6 @@ class Collection(abc.ABC):
     @translated
     def distinct(self, *fields: str) -> set[tuple[Any, ...]]:
         """Distinct tuples of metadata values over live records (e.g. ``distinct("source", "doc_hash")``)."""
-        from .validate import check_metadata_key
-
         if not fields:
             raise InvalidInputError("distinct needs at least one metadata field")
         for f in fields:
@@ -621,8 +621,6 @@ class Collection(abc.ABC):
     @translated
     def set_notes(self, **changes: Any) -> None:
         """Record notes with the collection (JSON values; None removes one), in one transaction."""
-        import json
-
         for key, value in changes.items():
             try:
                 json.dumps(value, allow_nan=False)

@@ -443,7 +443,7 @@ class PgCollection(Collection):
             elif flt is not None:
                 lim = f" LIMIT {int(limit)}" if limit is not None else ""
                 rows = conn.execute(
-                    f"SELECT {cols} FROM {self._t} WHERE NOT deleted{_and(flt)} ORDER BY seq{lim}", flt.params
+                    f"SELECT {cols} FROM {self._t} WHERE NOT deleted{flt.and_sql()} ORDER BY seq{lim}", flt.params
                 ).fetchall()
             else:
                 raise InvalidInputError("get needs exactly one of ids= or where=")
@@ -482,7 +482,7 @@ class PgCollection(Collection):
         op, _ = _index_op(s)
         want = k * factor
         stmt = (
-            f"WITH cand AS MATERIALIZED (SELECT seq FROM {self._t} WHERE NOT deleted{_and(flt)} "
+            f"WITH cand AS MATERIALIZED (SELECT seq FROM {self._t} WHERE NOT deleted{flt.and_sql()} "
             f"ORDER BY {_code(s, 'vector')} {op} {_code(s, '%s::vector')} LIMIT %s) "
             f"SELECT {score} AS score, id, text, metadata FROM {self._t} JOIN cand USING (seq) "
             "ORDER BY score DESC, id LIMIT %s"
@@ -498,7 +498,7 @@ class PgCollection(Collection):
         with self._connection() as conn:
             rows = conn.execute(
                 f"SELECT {_score(self.settings, '%s')} AS score, id, text, metadata FROM {self._t} "
-                f"WHERE NOT deleted{_and(flt)} ORDER BY score DESC, id LIMIT %s", (q, *flt.params, k)).fetchall()
+                f"WHERE NOT deleted{flt.and_sql()} ORDER BY score DESC, id LIMIT %s", (q, *flt.params, k)).fetchall()
         return [Candidate(*r) for r in rows]
 
     def _bm25(self, query: str, n: int, flt: CompiledFilter, *, reader: bool = False) -> list[Candidate]:
@@ -616,10 +616,6 @@ class PgCollection(Collection):
 
     def _close(self) -> None:
         self._pool.close()
-
-
-def _and(flt: CompiledFilter) -> str:
-    return flt.and_sql()
 
 
 def _table_sql(schema: str, table: str, s: CollectionSettings) -> list[str]:

@@ -129,10 +129,12 @@ class SqliteCollection(Collection):
     """
 
     def __init__(self, folder: Path, conn: sqlite3.Connection, settings: CollectionSettings,
-                 encoder: Encoder | None, options: OpenOptions, *, read_only: bool, generation: int) -> None:
+                 encoder: Encoder | None, options: OpenOptions, *, read_only: bool, generation: int,
+                 immutable: bool = False) -> None:
         super().__init__(settings, encoder, options)
         self.folder = folder
         self.read_only = read_only
+        self._immutable = immutable  # opened read-only with no WAL to read: every connection opens the same way
         self._db_path = folder / DB_NAME
         self._file = _file_id(self._db_path)
         self._conn = conn
@@ -524,8 +526,6 @@ class SqliteCollection(Collection):
                 rows = self._conn.execute(stmt, args).fetchall()
         return best_first(Candidate(r[0], r[1], r[2], _metadata(r[3])) for r in rows)
 
-    _immutable = False
-
     def _ann(self, q: np.ndarray, k: int, flt: CompiledFilter, *, ef: int, exact: bool,
              factor: int) -> list[Candidate]:
         s = self.settings
@@ -586,11 +586,7 @@ class SqliteCollection(Collection):
         conn = _connect_read_only(self._db_path, self._options.lock_timeout, immutable=self._immutable)
         try:
             conn.execute("BEGIN")
-            cur = conn.execute(
-                "SELECT id, text, index_text, metadata, vector FROM records WHERE deleted = 0 ORDER BY seq")
-            while rows := cur.fetchmany(batch):
-                yield RecordBatch([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
-                                  [_metadata(r[3]) for r in rows], self._decode([r[4] for r in rows]))
+            yield from _live_records(conn, batch, self.settings.dim)
         finally:
             conn.close()
 
@@ -888,10 +884,8 @@ class FolderStore(Store):
                     conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('identity', ?)", (new_identity(),))
                     meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
             settings = CollectionSettings.from_meta(meta)
-            coll = SqliteCollection(folder, conn, settings, encoder, options, read_only=read_only,
-                                    generation=int(meta.get("generation", "0")))
-            coll._immutable = immutable
-            return coll
+            return SqliteCollection(folder, conn, settings, encoder, options, read_only=read_only,
+                                    generation=int(meta.get("generation", "0")), immutable=immutable)
         except sqlite3.Error as exc:
             conn.close()
             raise translate(exc, what) from exc
@@ -943,6 +937,15 @@ class FolderStore(Store):
 
 
 # -- snapshots -----------------------------------------------------------------------------------------------
+def _live_records(conn: sqlite3.Connection, batch: int, dim: int) -> Iterator[RecordBatch]:
+    """Live rows of a collection database in write order, ``batch`` at a time (export and snapshots)."""
+    cur = conn.execute("SELECT id, text, index_text, metadata, vector FROM records WHERE deleted = 0 ORDER BY seq")
+    while rows := cur.fetchmany(batch):
+        vectors = np.frombuffer(b"".join(r[4] for r in rows), np.float32).reshape(len(rows), dim)
+        yield RecordBatch([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
+                          [_metadata(r[3]) for r in rows], vectors)
+
+
 def write_snapshot(path: Path, settings: CollectionSettings, batches: Iterator[RecordBatch]) -> int:
     """A snapshot file (a collection database without derived files) from exported records; returns the count."""
     _write_new(path, settings)
@@ -979,12 +982,7 @@ def read_snapshot(path: Path, batch: int = 2000) -> tuple[CollectionSettings, in
 
     def batches() -> Iterator[RecordBatch]:
         try:
-            cur = conn.execute(
-                "SELECT id, text, index_text, metadata, vector FROM records WHERE deleted = 0 ORDER BY seq")
-            while rows := cur.fetchmany(batch):
-                vectors = np.frombuffer(b"".join(r[4] for r in rows), np.float32).reshape(len(rows), settings.dim)
-                yield RecordBatch([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
-                                  [_metadata(r[3]) for r in rows], vectors)
+            yield from _live_records(conn, batch, settings.dim)
         except sqlite3.Error as exc:
             raise translate(exc, f"cannot read snapshot {str(path)!r}") from exc
         finally:
