@@ -178,7 +178,7 @@ def test_batcher_coalesces_concurrent_requests_exactly(minilm_onnx):
         parts.append(texts[start : start + n])
         start += n
 
-    async def run() -> tuple[list[tuple[np.ndarray, int]], EmbeddingBatcher]:
+    async def run() -> tuple[list[tuple[np.ndarray, list[int]]], EmbeddingBatcher]:
         batcher = EmbeddingBatcher(minilm_onnx, max_batch=64, max_wait_s=0.05)
         dims = [None, 32, None, 128, None, None]
         kinds = [None, None, "query", None, None, "document"]
@@ -198,7 +198,7 @@ def test_batcher_coalesces_concurrent_requests_exactly(minilm_onnx):
     np.testing.assert_allclose(results[2][0], minilm_onnx.encode(parts[2], kind="query"), atol=1e-5)
     np.testing.assert_allclose(results[3][0], minilm_onnx.encode(parts[3], dims=128), atol=1e-5)
     np.testing.assert_allclose(results[5][0], minilm_onnx.encode(parts[5], kind="document"), atol=1e-5)
-    assert results[4][1] == sum(minilm_onnx.count_tokens(parts[4]))
+    assert results[4][1] == minilm_onnx.count_tokens(parts[4])
 
 
 def test_batcher_rejects_when_the_queue_is_full(minilm_onnx):
@@ -677,3 +677,59 @@ def test_tokenize_matches_the_models_own_tokenizer(url):
     assert_openai_error(httpx.post(url + "/tokenize", json={"input": "x", "model": "gpt"}), 404, param="model")
     raw = httpx.post(url + "/tokenize", content=b'{"input": "\\ud800"}', headers={"Content-Type": "application/json"})
     assert_openai_error(raw, 400, param="input")
+
+
+def test_a_request_above_max_batch_is_split_never_refused(minilm_onnx):
+    texts = [f"note {i} on {w}" for i, w in enumerate(["cats", "wings", "heat", "rates"] * 3)]
+
+    async def run() -> tuple[np.ndarray, list[int], EmbeddingBatcher]:
+        batcher = EmbeddingBatcher(minilm_onnx, max_batch=5, max_wait_s=0.0)
+        try:
+            vectors, lengths = await batcher.embed(texts)
+        finally:
+            await batcher.stop()
+        return vectors, lengths, batcher
+
+    vectors, lengths, batcher = asyncio.run(run())
+    assert batcher.stats.batches == 3 and batcher.stats.texts == 12
+    np.testing.assert_allclose(vectors, minilm_onnx.encode(texts), atol=1e-5)
+    assert lengths == minilm_onnx.count_tokens(texts)
+
+
+def test_truncate_and_truncation_direction(url, minilm_onnx, minilm_torch):
+    """Default: cut at the right, the tokens cut listed per input; truncate=false: 413 naming the input;
+    truncation_direction=left: the text's end, as sentence-transformers gives with truncation_side='left'."""
+    words = "heat transfer in a boundary layer over a flat plate at high speed".split()
+    long_text = " ".join(words[i % len(words)] + str(i) for i in range(150))
+    short = "wing flutter"
+    n_long = minilm_onnx.count_tokens([long_text])[0]
+    limit = minilm_onnx.max_tokens
+    assert n_long > limit
+    api = httpx.Client(base_url=url, timeout=60)
+    res = api.post("/v1/embeddings", json={"input": [short, long_text]})
+    assert res.status_code == 200, res.text
+    usage = res.json()["usage"]
+    assert usage["truncated_tokens"] == [0, n_long - limit]
+    assert usage["prompt_tokens"] == minilm_onnx.count_tokens([short])[0] + limit
+    right = np.array(res.json()["data"][1]["embedding"])
+    np.testing.assert_allclose(right, minilm_onnx.encode([long_text])[0], atol=1e-5)
+
+    refused = api.post("/v1/embeddings", json={"input": [short, long_text], "truncate": False})
+    body = assert_openai_error(refused, 413, param="input")
+    assert "input[1]" in body["message"] and str(n_long) in body["message"]
+    ok = api.post("/v1/embeddings", json={"input": short, "truncate": False})
+    assert ok.status_code == 200 and ok.json()["usage"]["truncated_tokens"] == [0]
+
+    left = api.post("/v1/embeddings", json={"input": long_text, "truncation_direction": "left"})
+    assert left.status_code == 200 and left.json()["usage"]["truncated_tokens"] == [n_long - limit]
+    got = np.array(left.json()["data"][0]["embedding"])
+    st = minilm_torch.model
+    st.tokenizer.truncation_side = "left"
+    try:
+        expected = st.encode([long_text], normalize_embeddings=True)[0]
+    finally:
+        st.tokenizer.truncation_side = "right"
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    assert float(got @ right) < 0.99  # the two ends are different texts
+    bad = api.post("/v1/embeddings", json={"input": short, "truncation_direction": "middle"})
+    assert_openai_error(bad, 422, param="truncation_direction")

@@ -147,6 +147,26 @@ class BaseEncoder:
         k = parse_enum(Kind, kind, "kind") if kind is not None else None
         return self._token_lengths(check_texts(texts), k)
 
+    def embed_counted(self, texts: list[str], *, kind: Kind | None = None, truncation_side: str = "right"
+                      ) -> tuple[np.ndarray, list[int]]:
+        """Pooled vectors (not normalised) and each text's token count before any cut: what a server reports.
+
+        ``texts`` must already be checked. ``truncation_side='left'`` keeps the end of a text longer than
+        the model reads instead of its start. Backends that tokenize themselves override this to tokenize once.
+        """
+        lengths = self._token_lengths(texts, kind)
+        if truncation_side == "left" and not self.windows_long_texts and max(lengths, default=0) > self.max_tokens:
+            texts = [self._keep_end(t, kind) if n > self.max_tokens else t for t, n in zip(texts, lengths, strict=True)]
+        return self._embed(texts, kind, self.default_batch_size, False), lengths
+
+    def _keep_end(self, text: str, kind: Kind | None) -> str:
+        """The end of ``text`` that fits the model with its prompt and special tokens (cut at a token start)."""
+        budget = self.max_tokens - self.overhead_tokens(kind)
+        spans = self.token_spans(text)
+        if budget <= 0 or len(spans) <= budget:
+            return text
+        return text[spans[-budget][0]:]
+
     def _warn_long(self, lengths: Sequence[int]) -> None:
         over = [n for n in lengths if n > self.max_tokens]
         if not over:

@@ -200,6 +200,7 @@ class OnnxEncoder(BaseEncoder):
         self._tail = len(probe.special_tokens_mask) - 1 - max(
             i for i, s in enumerate(probe.special_tokens_mask) if not s
         )
+        self._head = min(i for i, s in enumerate(probe.special_tokens_mask) if not s)
         self._pad_id = self.tokenizer.token_to_id("[PAD]") or self.tokenizer.token_to_id("<pad>") or 0
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or os.cpu_count() or 1
@@ -218,13 +219,34 @@ class OnnxEncoder(BaseEncoder):
         return [len(ids) for ids in self._tokenize(texts, kind)]
 
     def _embed(self, texts: list[str], kind: Kind | None, batch_size: int, show_progress: bool) -> np.ndarray:
+        return self._run(self._tokenize(texts, kind), batch_size, show_progress)
+
+    def embed_counted(self, texts: list[str], *, kind: Kind | None = None, truncation_side: str = "right"
+                      ) -> tuple[np.ndarray, list[int]]:
+        """As :meth:`BaseEncoder.embed_counted`, tokenizing once; a left cut keeps the leading special and
+        prompt tokens and the text's last tokens."""
         ids = self._tokenize(texts, kind)
-        lengths = [len(x) for x in ids]
-        self._warn_long(lengths)
+        keep = self._head + self._prompt_tokens(kind) if truncation_side == "left" else None
+        # No TruncationWarning: the caller reports what was cut (a server's usage.truncated_tokens).
+        return self._run(ids, self.default_batch_size, False, keep_head=keep, warn=False), [len(x) for x in ids]
+
+    def _prompt_tokens(self, kind: Kind | None) -> int:
+        prompt = self._prompt(kind)
+        return len(self.tokenizer.encode(prompt, add_special_tokens=False).ids) if prompt else 0
+
+    def _run(self, ids: list[list[int]], batch_size: int, show_progress: bool, *, keep_head: int | None = None,
+             warn: bool = True) -> np.ndarray:
+        """Encode token ids; a sequence over the limit keeps its start (and closing special tokens), or with
+        ``keep_head`` its first ``keep_head`` tokens and its end."""
+        if warn:
+            self._warn_long([len(x) for x in ids])
         limit, tail = self.max_tokens, self._tail
-        cut = [x if len(x) <= limit else x[: limit - tail] + x[len(x) - tail :] for x in ids]
+        if keep_head is None:
+            cut = [x if len(x) <= limit else x[: limit - tail] + x[len(x) - tail :] for x in ids]
+        else:
+            cut = [x if len(x) <= limit else x[:keep_head] + x[len(x) - (limit - keep_head) :] for x in ids]
         clipped = [len(x) for x in cut]
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        out = np.empty((len(ids), self.dim), dtype=np.float32)
         batches = list(batches_by_tokens(clipped, batch_size, MAX_BATCH_TOKENS))
         from tqdm.auto import tqdm
 

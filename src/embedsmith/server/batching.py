@@ -30,7 +30,8 @@ class _Pending:
     texts: list[str]
     kind: Kind | None
     dims: int | None
-    future: asyncio.Future[tuple[np.ndarray, int]]
+    side: str  # truncation side: 'right' or 'left'
+    future: asyncio.Future[tuple[np.ndarray, list[int]]]
 
 
 @dataclass
@@ -60,7 +61,7 @@ class EmbeddingBatcher:
 
     Args:
         encoder: the encoder all requests share.
-        max_batch: texts per encoder call (a single larger request is encoded alone, never split).
+        max_batch: texts per encoder call (a larger request is split into parts of this size, never refused).
         max_wait_s: how long the first request of a batch waits for company.
         max_queue: texts allowed to wait; beyond it :meth:`embed` raises :class:`QueueFullError`.
     """
@@ -106,12 +107,13 @@ class EmbeddingBatcher:
         self._queued_texts = 0
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def embed(self, texts: list[str], *, kind: Kind | None = None, dims: int | None = None
-                    ) -> tuple[np.ndarray, int]:
+    async def embed(self, texts: list[str], *, kind: Kind | None = None, dims: int | None = None,
+                    truncation_side: str = "right") -> tuple[np.ndarray, list[int]]:
         """Encode ``texts`` (already checked) in whatever batch forms.
 
         Returns:
-            float32 unit vectors of shape [len(texts), dims or dim], and the number of tokens the model read.
+            float32 unit vectors of shape [len(texts), dims or dim], and each text's token count before any
+            cut (prompt and special tokens included).
 
         Raises:
             QueueFullError: the queue holds ``max_queue`` texts already.
@@ -121,12 +123,25 @@ class EmbeddingBatcher:
                 f"the server is busy: {self._queued_texts} texts are waiting (limit {self.max_queue}); retry later"
             )
         self.start()
-        future: asyncio.Future[tuple[np.ndarray, int]] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(texts, kind, dims, future))
-        self._queued_texts += len(texts)
+        loop = asyncio.get_running_loop()
+        parts: list[asyncio.Future[tuple[np.ndarray, list[int]]]] = []
+        for start in range(0, len(texts), self.max_batch):  # a large request travels as several batches
+            future: asyncio.Future[tuple[np.ndarray, list[int]]] = loop.create_future()
+            part = texts[start : start + self.max_batch]
+            self._queue.append(_Pending(part, kind, dims, truncation_side, future))
+            self._queued_texts += len(part)
+            parts.append(future)
         assert self._wakeup is not None
         self._wakeup.set()
-        return await future
+        if len(parts) == 1:
+            return await parts[0]
+        try:
+            done = await asyncio.gather(*parts)
+        except BaseException:
+            for f in parts:
+                f.cancel()
+            raise
+        return np.concatenate([v for v, _ in done]), [n for _, lengths in done for n in lengths]
 
     def _take(self, limit: int) -> list[_Pending]:
         """Pop queued requests in order while they fit in ``limit`` texts (always at least one)."""
@@ -192,27 +207,34 @@ class EmbeddingBatcher:
                 if not p.future.done():
                     p.future.set_result(res)
 
-    def _encode(self, batch: list[_Pending]) -> list[tuple[np.ndarray, int]]:
-        """In the worker thread: one encoder call per prompt kind, then each request's dims and norm."""
-        out: list[tuple[np.ndarray, int] | None] = [None] * len(batch)
-        by_kind: dict[Kind | None, list[int]] = {}
+    def _encode(self, batch: list[_Pending]) -> list[tuple[np.ndarray, list[int]]]:
+        """In the worker thread: one encoder call per (prompt kind, truncation side), then each request's dims
+        and norm. Each text is tokenized once where the encoder can (``embed_counted``)."""
+        out: list[tuple[np.ndarray, list[int]] | None] = [None] * len(batch)
+        groups: dict[tuple[Kind | None, str], list[int]] = {}
         for i, p in enumerate(batch):
-            by_kind.setdefault(p.kind, []).append(i)
+            groups.setdefault((p.kind, p.side), []).append(i)
         total_tokens = 0
-        for kind, members in by_kind.items():
+        for (kind, side), members in groups.items():
             texts = [t for i in members for t in batch[i].texts]
-            tokens = self.encoder.count_tokens(texts, kind=kind)
-            raw = self.encoder.encode(texts, kind=kind, normalize=False)
+            raw, lengths = _embed_counted(self.encoder, texts, kind, side)
             start = 0
             for i in members:
                 n = len(batch[i].texts)
                 part = raw[start : start + n]
                 vecs = truncate_dims(part, batch[i].dims) if batch[i].dims else l2_normalize(part)
-                used = int(sum(min(t, self.encoder.max_tokens) for t in tokens[start : start + n]))
-                out[i] = (np.ascontiguousarray(vecs, dtype=np.float32), used)
+                out[i] = (np.ascontiguousarray(vecs, dtype=np.float32), list(lengths[start : start + n]))
                 start += n
-            total_tokens += sum(tokens)
+            total_tokens += sum(min(n, self.encoder.max_tokens) for n in lengths)
         with self._stats_lock:
             self.stats.observe(sum(len(p.texts) for p in batch), total_tokens)
         return [r for r in out if r is not None]
+
+
+def _embed_counted(encoder: Encoder, texts: list[str], kind: Kind | None, side: str) -> tuple[np.ndarray, list[int]]:
+    """Raw vectors and token counts: in one tokenization for embedsmith's encoders, in two for any other."""
+    counted = getattr(encoder, "embed_counted", None)
+    if counted is not None:
+        return counted(texts, kind=kind, truncation_side=side)
+    return encoder.encode(texts, kind=kind, normalize=False), encoder.count_tokens(texts, kind=kind)
 

@@ -32,6 +32,11 @@ class EmbeddingRequest(BaseModel):
     user: str | None = Field(None, description="accepted and ignored")
     input_type: Literal["query", "document"] | None = Field(
         None, description="embedsmith extension: add the model's prompt for queries or documents")
+    truncate: bool = Field(
+        True, description="cut a text longer than the model reads (usage.truncated_tokens says how much); "
+        "false: such a text is a 413 naming it")
+    truncation_direction: Literal["right", "left"] = Field(
+        "right", description="right: keep a long text's start; left: keep its end")
 
 
 class TokenizeRequest(BaseModel):
@@ -56,8 +61,9 @@ class Embedding(BaseModel):
 
 
 class EmbeddingUsage(BaseModel):
-    prompt_tokens: int
+    prompt_tokens: int = Field(description="tokens the model read, over all inputs")
     total_tokens: int
+    truncated_tokens: list[int] = Field(description="tokens cut from each input (0: read whole)")
 
 
 class EmbeddingResponse(BaseModel):

@@ -81,6 +81,7 @@ def _scalar(v: Any, field: str) -> Any:
             check_string(v, f"filter value for {field!r}")
         if isinstance(v, float) and not math.isfinite(v):
             raise InvalidInputError(f"filter value for {field!r} must be a finite number, got {v!r}")
+        _in_int64(v, f"filter value for {field!r}")
         return v
     raise InvalidInputError(f"filter value for {field!r} must be a string, number or bool, got {v!r}")
 
@@ -88,7 +89,14 @@ def _scalar(v: Any, field: str) -> Any:
 def _number(op: str, arg: Any, field: str) -> Any:
     if isinstance(arg, bool) or not isinstance(arg, (int, float)) or not math.isfinite(arg):
         raise InvalidInputError(f"{op} on {field!r} needs a finite number, got {arg!r}")
+    _in_int64(arg, f"{op} on {field!r}")
     return arg
+
+
+def _in_int64(v: Any, what: str) -> None:
+    """Integers must fit 64 bits: SQLite binds no larger ones (and stores them as floats in JSON)."""
+    if isinstance(v, int) and not isinstance(v, bool) and not -(2**63) <= v < 2**63:
+        raise InvalidInputError(f"{what}: the integer {v} is outside the 64-bit range; write it as a float")
 
 
 def _values(op: str, arg: Any, field: str) -> list[Any]:
