@@ -444,13 +444,51 @@ def test_openapi_spec_holds_under_schemathesis(url):
     operations = [result.ok() for result in api_schema.get_all_operations()]
     assert len(operations) >= 14
     statuses: dict[int, int] = {}
+    poisoned: dict[str, int] = {}
+    # Hypothesis writes only encodable text, so lone surrogates (valid JSON escapes) and filters past the
+    # limits are put in by hand: into every string of a generated body, or as its `where`.
+    deep: dict = {"n": 1}
+    for _ in range(40):
+        deep = {"$and": [deep]}
+    wide = {"$or": [{"n": i} for i in range(999)]}
+    httpx.delete(url + "/v1/collections/fuzz")
+    httpx.post(url + "/v1/collections", json={"name": "fuzz"}).raise_for_status()
+    httpx.post(url + "/v1/collections/fuzz/documents", json={"documents": [
+        {"id": "a", "text": "heat flow in slabs", "metadata": {"n": 1}}]}).raise_for_status()
+
+    def poison(value, how: str):  # type: ignore[no-untyped-def]
+        if isinstance(value, str):
+            return value + "\ud800" if how == "surrogate" else value
+        if isinstance(value, list):
+            return [poison(v, how) for v in value]
+        if isinstance(value, dict):
+            return {poison(k, how): poison(v, how) for k, v in value.items()}
+        return value
+
     for operation in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-            @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
+            @hypothesis.given(case=operation.as_strategy(generation_mode=mode),
+                              how=hypothesis.strategies.sampled_from(["none", "surrogate", "deep", "wide"]))
             @hypothesis.settings(max_examples=12, deadline=None, derandomize=True, database=None,
                                  suppress_health_check=list(hypothesis.HealthCheck))
-            def run(case):  # type: ignore[no-untyped-def]
-                res = case.call_and_validate(base_url=url, checks=checks, timeout=60)
+            def run(case, how):  # type: ignore[no-untyped-def]
+                if isinstance(case.body, dict) and how != "none":
+                    # Sent by hand: schemathesis encodes bodies as UTF-8, which a lone surrogate is not.
+                    body = poison(case.body, how) if how == "surrogate" else {
+                        **case.body, "where": deep if how == "deep" else wide}
+                    poisoned[how] = poisoned.get(how, 0) + 1
+                    if case.path_parameters and "name" in case.path_parameters:
+                        case.path_parameters["name"] = "fuzz"  # a collection that exists, so filters are read
+                    res = httpx.request(case.method, url + case.formatted_path, params=case.query,
+                                        content=json.dumps(body).encode("ascii"),
+                                        headers={"Content-Type": "application/json"}, timeout=60)
+                    assert res.status_code < 500, (case.method, case.formatted_path, body, res.text)
+                    if res.status_code >= 400:
+                        assert_openai_error(res, res.status_code)
+                    if res.status_code == 400:
+                        poisoned["refused"] = poisoned.get("refused", 0) + 1
+                else:
+                    res = case.call_and_validate(base_url=url, checks=checks, timeout=60)
                 statuses[res.status_code] = statuses.get(res.status_code, 0) + 1
 
             try:
@@ -458,6 +496,7 @@ def test_openapi_spec_holds_under_schemathesis(url):
             except hypothesis.errors.Unsatisfiable:  # no parameters to make invalid (GET /health)
                 assert mode is GenerationMode.NEGATIVE
     assert {200, 400, 404, 422} <= set(statuses), statuses
+    assert min(poisoned.values(), default=0) >= 5 and len(poisoned) == 4, poisoned
 
 
 # -- the command ---------------------------------------------------------------------------------------------------
@@ -589,6 +628,11 @@ def test_bad_input_is_a_4xx_never_a_5xx(url, settings):
     huge = {"$or": [{"n": i} for i in range(999)]}
     assert_openai_error(api.post(search, json={"query": "heat", "where": huge}), 400)
     assert_openai_error(api.post(docs + "/delete", json={"where": huge}), 400)
+    assert_openai_error(api.post(search, json={"query": "heat", "where": {"n": {"$gt": 10**30}}}), 400)
+    assert_openai_error(api.post(docs + "/delete", json={"where": {"n": 10**30}}), 400)
+    for path in ("/v1/collections/%ED%A0%80", "/v1/collections/%FF", docs + "?ids=%ED%A0%80", docs + "?ids=%FF"):
+        res = api.get(path)  # bytes that are not UTF-8 (a CESU surrogate, a stray byte) in the path or query
+        assert res.status_code in (200, 400, 404), (path, res.text)  # the query's bytes read as U+FFFD
     assert api.get("/v1/collections/strict").json()["count"] == 2
     grouped = api.post(search, json={"query": "heat", "k": 5, "group_by": "tags"})
     assert grouped.status_code == 200 and len(grouped.json()["data"]) == 1  # both records share one tag list
