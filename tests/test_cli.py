@@ -147,3 +147,24 @@ def test_bad_files_numbers_and_stores_are_one_line_errors(tmp_path):
         proc = run(*args, check=False)
         assert proc.returncode in (1, 2) and message in proc.stderr + proc.stdout, (args, proc.stderr)
         assert "Traceback" not in proc.stderr, (args, proc.stderr)
+
+
+def test_index_without_model_keeps_the_collections_own_model(tmp_path):
+    """`index` took "no --model" and "--model minilm" for the same thing (it compared the value with the default):
+    an explicit minilm on a collection built with another model was silently ignored. Now no --model means the
+    collection's own model (minilm for a new one), and an explicit one is checked against the collection."""
+    first = tmp_path / "first.jsonl"
+    first.write_text(json.dumps({"_id": "h", "text": "Heat conduction in composite slabs."}) + "\n")
+    second = tmp_path / "second.jsonl"
+    second.write_text(json.dumps({"_id": "w", "text": "Swept [/x] wings."}) + "\n")
+    store = str(tmp_path / "store")
+    run("index", str(first), "-c", "kb", "--store", store, "--model", "e5-small-multilingual")
+    out = run("index", str(second), "-c", "kb", "--store", store).stdout
+    assert "1 file(s) indexed" in out and "2 chunks stored (e5-small-multilingual, dim 384" in out
+    bad = run("index", str(first), "-c", "kb", "--store", store, "--model", "minilm", check=False)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    errors = [line for line in bad.stderr.splitlines() if line.startswith("embedsmith: error:")]
+    assert len(errors) == 1 and "was built with model 'e5-small-multilingual'" in errors[0]
+    # Text from the data is printed as it is, never read as rich markup (a "[/x]" stopped the table).
+    table = run("search", "swept wings", "-c", "kb", "--store", store, "-k", "1")
+    assert "[/x]" in table.stdout and "Traceback" not in table.stderr
