@@ -213,33 +213,11 @@ def reembed(
     """Re-embed a collection's texts with another model into a new collection (ids and metadata kept).
 
     The target is marked incomplete until every record is in; an interrupted run resumes when run again."""
-    from tqdm.auto import tqdm
+    from ..store import reembed_collection
 
-    from ..errors import InvalidInputError
-    from ..store import open_collection
-
-    enc = load_model(model, backend)
-    note = "reembed_incomplete"  # set on the target until every record is in; a rerun resumes from it
-    with open_collection(collection, store=store, create=False) as src:
-        s = src.settings
-        with open_collection(to, store=store, encoder=enc, metric=s.metric, precision=s.precision) as dst:
-            resuming = dst.notes().get(note) == collection
-            if not resuming:
-                dst.set_notes(**{note: collection})
-            done = {i for b in dst.export_records(batch=10_000) for i in b.ids} if resuming else set()
-            with tqdm(total=src.count(), desc=f"re-embedding {collection} -> {to}", unit="doc") as bar:
-                bar.update(len(done))
-                for batch in src.iter_records(batch=256):
-                    todo = [r for r in batch if r["id"] not in done]
-                    missing = [r["id"] for r in todo if not r["text"]]
-                    if missing:
-                        raise InvalidInputError(f"record {missing[0]!r} has no text to re-embed")
-                    if todo:
-                        dst.upsert([{"id": r["id"], "text": r["text"], "metadata": r["metadata"]} for r in todo])
-                    bar.update(len(todo))
-            dst.set_notes(**{note: None})
-            print(f"{to}: {dst.count()} records ({dst.settings.model}, dim {dst.dim})"
-                  + (f", resumed after {len(done)}" if resuming else ""))
+    report = reembed_collection(collection, to, load_model(model, backend), store=store, show_progress=True)
+    print(f"{to}: {report['count']} records ({report['model']}, dim {report['dim']})"
+          + (f", resumed after {report['resumed_after']}" if report["resumed"] else ""))
 
 
 def migrate(
