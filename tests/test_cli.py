@@ -168,3 +168,16 @@ def test_index_without_model_keeps_the_collections_own_model(tmp_path):
     # Text from the data is printed as it is, never read as rich markup (a "[/x]" stopped the table).
     table = run("search", "swept wings", "-c", "kb", "--store", store, "-k", "1")
     assert "[/x]" in table.stdout and "Traceback" not in table.stderr
+
+
+def test_quickstart_returns_what_it_shows(tmp_path):
+    from embedsmith.quickstart import run_quickstart
+
+    r = run_quickstart(store=tmp_path)
+    assert r.model == "minilm" and r.similarity.shape == (3, 3) and r.similarity[0, 1] > r.similarity[0, 2] + 0.3
+    assert r.index.files_indexed == 1 and r.index.documents == 200 and r.collection["count"] == r.index.chunks
+    assert [s.mode for s in r.searches] == ["dense", "hybrid"] and all(len(s.hits) == 3 for s in r.searches)
+    assert "144" in r.searches[1].hits.ids  # "heat flow in composite slabs"
+    out = run("quickstart", "--store", str(tmp_path)).stdout  # the sample is unchanged: nothing is embedded again
+    assert "sentences with 'minilm'" in out and "0 file(s) indexed" in out and "1 unchanged" in out
+    assert "cranfield-sample (hybrid): 'heat conduction in composite slabs'" in out
