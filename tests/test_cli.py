@@ -36,6 +36,11 @@ def test_embed_json_and_outputs(tmp_path):
     inp.write_text("first line\n\nsecond line\n")
     run("embed", "--input", str(inp), "--dims", "64", "--output", str(tmp_path / "v.npy"))
     assert np.load(tmp_path / "v.npy").shape == (2, 64)
+    table = tmp_path / "in.csv"  # the text column of a CSV, quoted commas and all (not its raw lines)
+    table.write_text('id,text\n1,"first, with a comma"\n2,second\n')
+    run("embed", "--input", str(table), "--output", str(tmp_path / "t.jsonl"))
+    assert [json.loads(x)["text"] for x in (tmp_path / "t.jsonl").read_text().splitlines()] == [
+        "first, with a comma", "second"]
     run("embed", "x", "--precision", "int8", "--output", str(tmp_path / "v.jsonl"))
     row = json.loads((tmp_path / "v.jsonl").read_text())
     assert row["text"] == "x" and len(row["vector"]) == 384 and all(isinstance(i, int) for i in row["vector"])
@@ -133,9 +138,9 @@ def test_bad_files_numbers_and_stores_are_one_line_errors(tmp_path):
         c.add_vectors(np.eye(4, dtype=np.float32)[:1], ["a"])
     (store / "broken" / "collection.sqlite").write_bytes(b"not a database" * 300)
     cases = [
-        (("embed", "--input", str(bad_utf8)), "is not UTF-8 text"),
-        (("embed", "--input", str(no_text)), "line 2 has no 'text'"),
-        (("embed", "--input", str(not_json)), "line 2 is not JSON"),
+        (("embed", "--input", str(bad_utf8)), "latin1.txt: not UTF-8 text (byte 3, line 1"),
+        (("embed", "--input", str(no_text)), "no-text.jsonl:2: no field 'text'"),
+        (("embed", "--input", str(not_json)), "broken.jsonl:2: not JSON"),
         (("search", "heat", "-c", "kb", "--store", str(store), "--mode", "bm25", "-k", "99999999999999999999"),
          "k=99999999999999999999 is more hits"),
         (("search", "heat", "-c", "kb", "--store", str(store), "--mode", "bm25", "--where", '{"n": {"$gt": 1e400}}'),

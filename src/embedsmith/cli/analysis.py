@@ -29,8 +29,9 @@ def cluster(
     as_json: JsonOpt = False,
 ) -> None:
     """Group texts by meaning; describe each cluster by its distinctive terms and most central texts."""
-    from ..analysis import cluster_texts, plot_clusters, project_2d, read_texts
+    from ..analysis import cluster_texts, plot_clusters, project_2d
     from ..errors import InvalidInputError
+    from ..io import read_texts
 
     if (file is None) == (collection is None):
         raise InvalidInputError("give a FILE or --collection NAME (one of them)")
@@ -104,9 +105,9 @@ def classify(
     as_json: JsonOpt = False,
 ) -> None:
     """Label texts by vector nearness to labelled examples (kNN, centroids or logistic regression)."""
-    from ..analysis import Classifier, read_texts
+    from ..analysis import Classifier
     from ..errors import InvalidInputError
-    from ..evaluation.tasks import read_labelled
+    from ..io import read_labelled, read_texts
 
     if predict is None and evaluate is None:
         raise InvalidInputError("give --predict FILE, --evaluate LABELLED, or both")
@@ -155,7 +156,8 @@ def analogy(
     as_json: JsonOpt = False,
 ) -> None:
     """Rank candidate words by cosine to A - B + C (king - man + woman ~ queen)."""
-    from ..analysis import read_texts, word_analogy
+    from ..analysis import word_analogy
+    from ..io import read_texts
 
     words = read_texts(candidates) if candidates is not None else None
     ranked = word_analogy(a, b, c, load_model(model, backend), candidates=words, k=k)

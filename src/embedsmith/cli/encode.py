@@ -15,30 +15,9 @@ from .options import BackendOpt, DeviceOpt, JsonOpt, ModelOpt, load_model
 def _read_inputs(texts: list[str], input_file: Path | None) -> list[str]:
     items = list(texts)
     if input_file is not None:
-        if not input_file.is_file():
-            from ..errors import InvalidInputError
+        from ..io import read_texts
 
-            raise InvalidInputError(f"input file {str(input_file)!r} does not exist")
-        from ..errors import InvalidInputError
-
-        try:
-            lines = input_file.read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError as exc:
-            raise InvalidInputError(f"{str(input_file)!r} is not UTF-8 text (byte {exc.start}: {exc.reason})") \
-                from None
-        if input_file.suffix == ".jsonl":
-            for n, line in enumerate(lines, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except ValueError as exc:
-                    raise InvalidInputError(f"{str(input_file)!r} line {n} is not JSON: {exc}") from None
-                if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                    raise InvalidInputError(f"{str(input_file)!r} line {n} has no 'text' string")
-                items.append(row["text"])
-        else:
-            items += [line for line in lines if line.strip()]
+        items += read_texts(input_file, what="input file")
     if not items:
         from ..errors import InvalidInputError
 
@@ -54,7 +33,8 @@ def embed(
     kind: Annotated[str | None, typer.Option(help="query | document (adds the model's prompt)")] = None,
     dims: Annotated[int | None, typer.Option(help="keep the first N dimensions (Matryoshka)")] = None,
     precision: Annotated[str, typer.Option(help="float32 | float16 | int8 | binary")] = "float32",
-    input_file: Annotated[Path | None, typer.Option("--input", help="one text per line, or .jsonl with 'text'")] = None,
+    input_file: Annotated[Path | None, typer.Option(
+        "--input", help="one text per line, or a .jsonl with 'text' or .csv/.tsv with a 'text' column")] = None,
     output: Annotated[Path | None, typer.Option(help="write vectors to FILE.npy or FILE.jsonl")] = None,
     batch_size: Annotated[int | None, typer.Option(help="texts per batch")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads")] = None,
