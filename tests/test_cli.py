@@ -36,6 +36,11 @@ def test_embed_json_and_outputs(tmp_path):
     inp.write_text("first line\n\nsecond line\n")
     run("embed", "--input", str(inp), "--dims", "64", "--output", str(tmp_path / "v.npy"))
     assert np.load(tmp_path / "v.npy").shape == (2, 64)
+    table = tmp_path / "in.csv"  # the text column of a CSV, quoted commas and all (not its raw lines)
+    table.write_text('id,text\n1,"first, with a comma"\n2,second\n')
+    run("embed", "--input", str(table), "--output", str(tmp_path / "t.jsonl"))
+    assert [json.loads(x)["text"] for x in (tmp_path / "t.jsonl").read_text().splitlines()] == [
+        "first, with a comma", "second"]
     run("embed", "x", "--precision", "int8", "--output", str(tmp_path / "v.jsonl"))
     row = json.loads((tmp_path / "v.jsonl").read_text())
     assert row["text"] == "x" and len(row["vector"]) == 384 and all(isinstance(i, int) for i in row["vector"])
@@ -133,9 +138,9 @@ def test_bad_files_numbers_and_stores_are_one_line_errors(tmp_path):
         c.add_vectors(np.eye(4, dtype=np.float32)[:1], ["a"])
     (store / "broken" / "collection.sqlite").write_bytes(b"not a database" * 300)
     cases = [
-        (("embed", "--input", str(bad_utf8)), "is not UTF-8 text"),
-        (("embed", "--input", str(no_text)), "line 2 has no 'text'"),
-        (("embed", "--input", str(not_json)), "line 2 is not JSON"),
+        (("embed", "--input", str(bad_utf8)), "latin1.txt: not UTF-8 text (byte 3, line 1"),
+        (("embed", "--input", str(no_text)), "no-text.jsonl:2: no field 'text'"),
+        (("embed", "--input", str(not_json)), "broken.jsonl:2: not JSON"),
         (("search", "heat", "-c", "kb", "--store", str(store), "--mode", "bm25", "-k", "99999999999999999999"),
          "k=99999999999999999999 is more hits"),
         (("search", "heat", "-c", "kb", "--store", str(store), "--mode", "bm25", "--where", '{"n": {"$gt": 1e400}}'),
@@ -147,3 +152,37 @@ def test_bad_files_numbers_and_stores_are_one_line_errors(tmp_path):
         proc = run(*args, check=False)
         assert proc.returncode in (1, 2) and message in proc.stderr + proc.stdout, (args, proc.stderr)
         assert "Traceback" not in proc.stderr, (args, proc.stderr)
+
+
+def test_index_without_model_keeps_the_collections_own_model(tmp_path):
+    """`index` took "no --model" and "--model minilm" for the same thing (it compared the value with the default):
+    an explicit minilm on a collection built with another model was silently ignored. Now no --model means the
+    collection's own model (minilm for a new one), and an explicit one is checked against the collection."""
+    first = tmp_path / "first.jsonl"
+    first.write_text(json.dumps({"_id": "h", "text": "Heat conduction in composite slabs."}) + "\n")
+    second = tmp_path / "second.jsonl"
+    second.write_text(json.dumps({"_id": "w", "text": "Swept [/x] wings."}) + "\n")
+    store = str(tmp_path / "store")
+    run("index", str(first), "-c", "kb", "--store", store, "--model", "e5-small-multilingual")
+    out = run("index", str(second), "-c", "kb", "--store", store).stdout
+    assert "1 file(s) indexed" in out and "2 chunks stored (e5-small-multilingual, dim 384" in out
+    bad = run("index", str(first), "-c", "kb", "--store", store, "--model", "minilm", check=False)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    errors = [line for line in bad.stderr.splitlines() if line.startswith("embedsmith: error:")]
+    assert len(errors) == 1 and "was built with model 'e5-small-multilingual'" in errors[0]
+    # Text from the data is printed as it is, never read as rich markup (a "[/x]" stopped the table).
+    table = run("search", "swept wings", "-c", "kb", "--store", store, "-k", "1")
+    assert "[/x]" in table.stdout and "Traceback" not in table.stderr
+
+
+def test_quickstart_returns_what_it_shows(tmp_path):
+    from embedsmith.quickstart import run_quickstart
+
+    r = run_quickstart(store=tmp_path)
+    assert r.model == "minilm" and r.similarity.shape == (3, 3) and r.similarity[0, 1] > r.similarity[0, 2] + 0.3
+    assert r.index.files_indexed == 1 and r.index.documents == 200 and r.collection["count"] == r.index.chunks
+    assert [s.mode for s in r.searches] == ["dense", "hybrid"] and all(len(s.hits) == 3 for s in r.searches)
+    assert "144" in r.searches[1].hits.ids  # "heat flow in composite slabs"
+    out = run("quickstart", "--store", str(tmp_path)).stdout  # the sample is unchanged: nothing is embedded again
+    assert "sentences with 'minilm'" in out and "0 file(s) indexed" in out and "1 unchanged" in out
+    assert "cranfield-sample (hybrid): 'heat conduction in composite slabs'" in out

@@ -274,3 +274,30 @@ def test_text_collection_with_real_model(store, minilm_onnx):
     int8 = load_encoder("minilm", backend="onnx-int8")
     with pytest.raises(SettingsMismatchError, match=r"built with model 'minilm'.*reembed"):
         open_collection("docs", store=store, encoder=int8)
+
+
+def test_reembed_copies_records_with_another_encoder_and_resumes(store, minilm_onnx):
+    from embedsmith.store import RecordBatch, reembed_collection
+
+    texts = ["Cats purr when content.", "Stock markets fell.", "Kittens sleep all day.", "Interest rates rose."]
+    index_texts = [None, None, "Pets\n\n" + texts[2], None]
+    with make(store, "src", dim=4, metric="dot") as c:
+        c.import_records(RecordBatch(ids=list("abcd"), texts=texts, index_texts=index_texts,
+                                     metadata=[{"i": i} for i in range(4)], vectors=np.eye(4, dtype=np.float32)))
+    with open_collection("dst", store=store, encoder=minilm_onnx, metric="dot") as d:  # an interrupted earlier run
+        d.set_notes(reembed_incomplete="src")
+        d.upsert([{"id": "a", "text": texts[0], "metadata": {"i": 0}}])
+    report = reembed_collection("src", "dst", minilm_onnx, store=store, batch=2)
+    assert report == {"name": "src", "target_name": "dst", "count": 4, "resumed": True, "resumed_after": 1,
+                      "model": "minilm", "dim": 384}
+    with open_collection("dst", store=store, create=False) as d:
+        assert d.notes() == {} and d.metric.value == "dot"
+        recs = {r["id"]: r for r in d.get(list("abcd"), include_vectors=True)}
+        assert recs["b"]["metadata"] == {"i": 1} and recs["c"]["text"] == texts[2]
+        # the index text (a chunk's document title in front) is what the new encoder reads, as on indexing
+        want = minilm_onnx.encode(["Pets\n\n" + texts[2]], kind="document")[0]
+        np.testing.assert_allclose(recs["c"]["vector"], want, atol=1e-5)
+    again = reembed_collection("src", "dst", minilm_onnx, store=store)  # complete: a fresh pass, same records
+    assert again["count"] == 4 and not again["resumed"]
+    with pytest.raises(InvalidInputError, match="target other than the source"):
+        reembed_collection("src", "src", minilm_onnx, store=store)

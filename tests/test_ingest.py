@@ -135,3 +135,20 @@ def test_colliding_duplicate_and_oversized_rows_are_skipped_with_reasons(tmp_pat
             again = index_paths(c, [docs], max_tokens=64)
         assert again.files_unchanged == 2 and str(docs / "b.jsonl") in dict(again.files_skipped)
         assert c.get(["1"])[0]["text"] == "heat flow in slabs"
+
+
+def test_malformed_rows_skip_their_file_naming_the_line(tmp_path, minilm_onnx):
+    """An unquoted comma in a CSV cell cut the text short without a word (the rest went nowhere); now the file is
+    skipped naming the line. A JSONL line that is not JSON names its line too; the other files are indexed."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.csv").write_text("id,text\n1,Heat flow, in slabs\n", encoding="utf-8")
+    (docs / "b.jsonl").write_text('{"_id": "b1", "text": "ok"}\n{"_id": "b2", "text": \n', encoding="utf-8")
+    (docs / "c.txt").write_text("Lift on a swept wing.", encoding="utf-8")
+    with open_collection("kb", store=tmp_path / "store", encoder=minilm_onnx) as c:
+        with pytest.warns(SkippedFileWarning):
+            report = index_paths(c, [docs])
+        skipped = dict(report.files_skipped)
+        assert report.files_indexed == 1 and set(skipped) == {str(docs / "a.csv"), str(docs / "b.jsonl")}
+        assert skipped[str(docs / "a.csv")] == "line 2: 3 cells, but the header names 2; quote cells that hold ','"
+        assert skipped[str(docs / "b.jsonl")].startswith("line 2: not JSON (Expecting value")

@@ -7,8 +7,6 @@ predictions with a confidence.
 
 from __future__ import annotations
 
-import csv
-import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InvalidInputError, require
+from .io import read_texts  # noqa: F401  (read_texts lived here; embedsmith.io holds every reader now)
 from .quantization import l2_normalize
 
 METHODS = ("kmeans", "hdbscan", "agglomerative")
@@ -36,43 +35,6 @@ def _check_vectors(vectors: Any, n: int | None = None) -> np.ndarray:
     if n is not None and v.shape[0] != n:
         raise InvalidInputError(f"{v.shape[0]} vectors for {n} texts")
     return v
-
-
-def read_texts(path: str | Path, *, column: str = "text") -> list[str]:
-    """Texts from a CSV/TSV with a header or a JSONL file (``column``), or a text file (one per line).
-
-    Raises:
-        InvalidInputError: a missing file, a missing column (the columns are listed), or no texts.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise InvalidInputError(f"file {str(p)!r} does not exist")
-    out: list[str] = []
-    if p.suffix in (".csv", ".tsv"):
-        with open(p, newline="", encoding="utf-8") as f:
-            first = f.readline()
-            f.seek(0)
-            reader = csv.DictReader(f, delimiter="\t" if "\t" in first else ",")
-            if column not in (reader.fieldnames or []):
-                raise InvalidInputError(f"{p} has no column {column!r} (columns: {', '.join(reader.fieldnames or [])})")
-            out = [row[column] for row in reader if (row.get(column) or "").strip()]
-    elif p.suffix == ".jsonl":
-        for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                raise InvalidInputError(f"{p}:{n}: not JSON") from None
-            if not isinstance(row, dict) or column not in row:
-                raise InvalidInputError(f"{p}:{n}: no field {column!r}")
-            if str(row[column]).strip():
-                out.append(str(row[column]))
-    else:
-        out = [line for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not out:
-        raise InvalidInputError(f"{p} holds no texts")
-    return out
 
 
 # -------------------------------------------------------------------------------------------- clustering

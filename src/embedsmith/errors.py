@@ -11,6 +11,19 @@ class InvalidInputError(EmbedsmithError, ValueError):
     """A value passed to a public function is not acceptable; the message names it."""
 
 
+class FileFormatError(InvalidInputError):
+    """A file's content is not what its format needs: bytes that are not UTF-8 (``byte`` is their offset), or a
+    malformed line (``line``). The message reads ``path:line: detail``; ``detail`` says what is wrong without
+    the place, for callers that name the file themselves (ingestion's list of skipped files)."""
+
+    def __init__(self, path: object, detail: str, *, line: int | None = None, byte: int | None = None) -> None:
+        super().__init__(f"{path}:{line}: {detail}" if line is not None else f"{path}: {detail}")
+        self.path = str(path)
+        self.detail = detail
+        self.line = line
+        self.byte = byte
+
+
 class ModelNotFoundError(EmbedsmithError, LookupError):
     """A model alias or folder cannot be resolved to local weights."""
 

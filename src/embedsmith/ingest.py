@@ -9,19 +9,18 @@ counted, never abort the run.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import html.parser
 import io
-import json
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .chunking import DEFAULT_MAX_TOKENS, chunk_text, encoder_token_spans, model_budget
-from .errors import InvalidInputError
+from .errors import FileFormatError, InvalidInputError
+from .io import decode_text, parse_jsonl, parse_table
 
 if TYPE_CHECKING:
     from .store import Collection
@@ -117,15 +116,6 @@ def html_to_text(markup: str) -> tuple[str, str | None]:
     return out.strip(), parser.title
 
 
-def _decode(raw: bytes, path: Path) -> str:
-    if b"\x00" in raw[:8192]:
-        raise UnreadableFileError("binary file")
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise UnreadableFileError(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-
-
 def read_documents(
     path: Path, raw: bytes, *, text_field: str = "text", id_field: str | None = None, title_field: str = "title"
 ) -> list[Document]:
@@ -150,46 +140,26 @@ def read_documents(
         except Exception as exc:  # pypdf raises many types for damaged files
             raise UnreadableFileError(f"unreadable PDF: {exc}") from None
         return [Document(source, text, source, title)] if text.strip() else []
-    text = _decode(raw, path)
-    if suffix in (".html", ".htm"):
-        body, title = html_to_text(text)
-        return [Document(source, body, source, title)] if body else []
-    if suffix in TEXT_SUFFIXES:
-        return [Document(source, text, source, None)] if text.strip() else []
-    rows: Iterable[tuple[int, dict[str, Any]]]
-    if suffix == ".jsonl":
-        def parse() -> Iterable[tuple[int, dict[str, Any]]]:
-            for n, line in enumerate(text.splitlines(), start=1):
-                if line.strip():
-                    try:
-                        row = json.loads(line)
-                    except ValueError as exc:
-                        raise UnreadableFileError(f"line {n} is not JSON: {exc}") from None
-                    if not isinstance(row, dict):
-                        raise UnreadableFileError(f"line {n} is not a JSON object")
-                    yield n, row
-        rows = parse()
-    elif suffix == ".csv":
-        table = csv.DictReader(io.StringIO(text))
-        columns = table.fieldnames or []
-        if text_field not in columns and title_field not in columns:
-            raise UnreadableFileError(f"no {text_field!r} column (columns: {', '.join(map(repr, columns)) or 'none'});"
-                                      " pass --text-field")
-
-        def parse_csv() -> Iterable[tuple[int, dict[str, Any]]]:
-            # Python's csv refuses fields over 128 KiB by default; a long document is not a broken file.
-            limit = csv.field_size_limit()
-            csv.field_size_limit(max(limit, 1 << 30))
-            try:
-                yield from ((table.line_num, row) for row in table)
-            except csv.Error as exc:
-                raise UnreadableFileError(f"line {table.line_num}: {exc}") from None
-            finally:
-                csv.field_size_limit(limit)
-
-        rows = parse_csv()
-    else:
-        raise UnreadableFileError(f"unsupported file type {suffix or '(none)'}")
+    try:
+        text = decode_text(raw, path)
+        if suffix in (".html", ".htm"):
+            body, title = html_to_text(text)
+            return [Document(source, body, source, title)] if body else []
+        if suffix in TEXT_SUFFIXES:
+            return [Document(source, text, source, None)] if text.strip() else []
+        rows: list[tuple[int, dict[str, Any]]]
+        if suffix == ".jsonl":
+            rows = list(parse_jsonl(text, path))
+        elif suffix == ".csv":
+            table = parse_table(text, path, delimiter=",")
+            if text_field not in table.columns and title_field not in table.columns:
+                listed = ", ".join(map(repr, table.columns)) or "none"
+                raise UnreadableFileError(f"no {text_field!r} column (columns: {listed}); pass --text-field")
+            rows = list(table.rows)
+        else:
+            raise UnreadableFileError(f"unsupported file type {suffix or '(none)'}")
+    except FileFormatError as exc:  # the file is named beside the reason in the report
+        raise UnreadableFileError(exc.detail if exc.line is None else f"line {exc.line}: {exc.detail}") from None
     docs = []
     seen: dict[str, int] = {}
     for n, row in rows:

@@ -18,9 +18,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import EmbedsmithError, InvalidInputError
+from ..io import read_beir_queries, read_qrels
 from ..types import Hits
 from .metrics import retrieval_scores
-from .tasks import read_qrels, read_queries
 
 MODES = ("dense", "bm25", "hybrid")
 
@@ -79,7 +79,7 @@ def evaluate_pipeline(
         limit: evaluate only the first ``limit`` judged queries.
     """
     problems: Counter[str] = Counter()
-    qmap = dict(queries) if isinstance(queries, dict) else read_queries(queries, problems)
+    qmap = dict(queries) if isinstance(queries, dict) else read_beir_queries(queries, problems)
     if isinstance(qrels, dict):
         judged = {q: dict(r) for q, r in qrels.items()}
     else:

@@ -13,13 +13,11 @@ references, and scores any encoder through :class:`~embedsmith.evaluation.embed.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import json
 import time
 from abc import ABC, abstractmethod
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,6 +25,19 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import InvalidInputError, require
+from ..io import (
+    check_file,
+    parse_records,
+    parse_table,
+    read_beir_corpus,
+    read_beir_queries,
+    read_labelled,
+    read_lines,
+    read_qrels,
+    read_rows,
+    read_text,
+    split_lines,
+)
 from ..types import Precision, parse_enum
 from .embed import EmbeddingCache, apply_setting, cosine_matrix, model_name, model_revision, top_indices
 from .metrics import DEFAULT_KS, retrieval_scores
@@ -66,13 +77,6 @@ def _score(value: str, path: Path, line: int) -> float:
         return float(value)
     except ValueError:
         raise InvalidInputError(f"{path}:{line}: score {value!r} is not a number") from None
-
-
-def _file(path: str | Path, what: str) -> Path:
-    p = Path(path)
-    if not p.is_file():
-        raise InvalidInputError(f"{what} {str(p)!r} does not exist")
-    return p
 
 
 def _digest(*paths: Path) -> str:
@@ -138,135 +142,7 @@ class Task(ABC):
         )
 
 
-# ---------------------------------------------------------------------------------------------- readers
-
-TEXT_COLUMNS = ("text", "sentence", "query", "utterance", "content")
-LABEL_COLUMNS = ("label", "category", "intent", "class")
-
-
-def _rows(path: Path, problems: Counter[str]) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Rows of a CSV/TSV file with a header, or of a JSONL file, with their line numbers."""
-    if path.suffix == ".jsonl":
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    problems["malformed_rows"] += 1
-                    continue
-                if isinstance(row, dict):
-                    yield n, row
-                else:
-                    problems["malformed_rows"] += 1
-        return
-    with open(path, newline="", encoding="utf-8") as f:
-        first = f.readline()
-        f.seek(0)
-        delimiter = "\t" if "\t" in first else ","
-        reader = csv.DictReader(f, delimiter=delimiter)
-        for row in reader:
-            if None in row:  # more fields than the header names
-                problems["malformed_rows"] += 1
-                continue
-            yield reader.line_num, row
-
-
-def _pick(columns: Sequence[str], wanted: str | None, candidates: Sequence[str], what: str, path: Path) -> str:
-    if wanted is not None:
-        if wanted not in columns:
-            raise InvalidInputError(f"{path}: no column {wanted!r} (columns: {', '.join(columns)})")
-        return wanted
-    for c in candidates:
-        if c in columns:
-            return c
-    raise InvalidInputError(
-        f"{path}: cannot tell the {what} column (columns: {', '.join(columns)}); name it with --{what}-column"
-    )
-
-
-def read_labelled(path: str | Path, *, text_column: str | None = None, label_column: str | None = None,
-                  problems: Counter[str] | None = None) -> tuple[list[str], list[str]]:
-    """Texts and labels from a CSV/TSV with a header or a JSONL file (e.g. Banking77's ``text,category``).
-
-    Rows with an empty text or label are skipped and counted in ``problems``.
-    """
-    p = _file(path, "labelled file")
-    problems = problems if problems is not None else Counter()
-    texts: list[str] = []
-    labels: list[str] = []
-    tcol = lcol = None
-    for _, row in _rows(p, problems):
-        if tcol is None or lcol is None:
-            tcol = _pick(list(row), text_column, TEXT_COLUMNS, "text", p)
-            lcol = _pick(list(row), label_column, LABEL_COLUMNS, "label", p)
-        text, label = row.get(tcol), row.get(lcol)
-        if not isinstance(text, str) or not text.strip():
-            problems["empty_text"] += 1
-            continue
-        if label is None or str(label).strip() == "":
-            problems["missing_label"] += 1
-            continue
-        texts.append(text)
-        labels.append(str(label))
-    if not texts:
-        raise InvalidInputError(f"{p} holds no labelled texts")
-    return texts, labels
-
-
 # --------------------------------------------------------------------------------------------- retrieval
-
-
-def _jsonl_texts(path: Path, problems: Counter[str], what: str, *, title: bool) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for _, row in _rows(path, problems):
-        rid = row.get("_id", row.get("id"))
-        text = row.get("text")
-        if rid in (None, "") or not isinstance(text, str):
-            problems[f"malformed_{what}"] += 1
-            continue
-        if title and isinstance(row.get("title"), str):
-            text = f"{row['title']} {text}".strip()  # as BEIR and MTEB join them
-        if not text.strip():
-            problems[f"empty_{what}"] += 1
-            continue
-        out[str(rid)] = text
-    return out
-
-
-def read_qrels(path: Path, problems: Counter[str]) -> Iterator[tuple[str, str, int]]:
-    """(query id, document id, grade) from a BEIR qrels TSV (with or without its header) or a TREC qrels
-    file (``qid 0 docid grade``, tabs or spaces); malformed lines are counted in ``problems``."""
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            fields = line.split("\t") if "\t" in line else line.split()
-            fields = [x.strip() for x in fields]
-            if not line.strip():
-                continue
-            if n == 1 and not fields[-1].lstrip("-").isdigit():
-                continue  # header: query-id corpus-id score
-            if len(fields) == 4:  # TREC style: qid 0 docid grade
-                fields = [fields[0], fields[2], fields[3]]
-            if len(fields) != 3 or not fields[2].lstrip("-").isdigit():
-                problems["malformed_qrels"] += 1
-                continue
-            yield fields[0], fields[1], int(fields[2])
-
-
-def read_queries(path: str | Path, problems: Counter[str]) -> dict[str, str]:
-    """Query id -> text from a BEIR ``queries.jsonl`` or a TSV of ``id<TAB>text`` lines."""
-    p = _file(path, "queries file")
-    if p.suffix == ".jsonl":
-        return _jsonl_texts(p, problems, "queries", title=False)
-    out: dict[str, str] = {}
-    for line in p.read_text(encoding="utf-8").splitlines():
-        qid, _, text = line.partition("\t")
-        if not text.strip():
-            problems["malformed_queries"] += 1 if line.strip() else 0
-            continue
-        out[qid.strip()] = text.strip()
-    return out
 
 
 @dataclass
@@ -295,8 +171,8 @@ class RetrievalTask(Task):
         root = Path(folder)
         if not root.is_dir():
             raise InvalidInputError(f"BEIR folder {str(root)!r} does not exist")
-        corpus_path = _file(root / "corpus.jsonl", "corpus file")
-        queries_path = _file(root / "queries.jsonl", "queries file")
+        corpus_path = check_file(root / "corpus.jsonl", "corpus file")
+        queries_path = check_file(root / "queries.jsonl", "queries file")
         qrels_dir = root / "qrels"
         available = sorted(p.stem for p in qrels_dir.glob("*.tsv")) if qrels_dir.is_dir() else []
         if split is None:
@@ -307,8 +183,8 @@ class RetrievalTask(Task):
             )
         qrels_path = qrels_dir / f"{split}.tsv"
         problems: Counter[str] = Counter()
-        corpus = _jsonl_texts(corpus_path, problems, "docs", title=True)
-        queries = _jsonl_texts(queries_path, problems, "queries", title=False)
+        corpus = read_beir_corpus(corpus_path, problems)
+        queries = read_beir_queries(queries_path, problems)
         if not corpus:
             raise InvalidInputError(f"{corpus_path} holds no documents")
         qrels: dict[str, dict[str, int]] = defaultdict(dict)
@@ -385,15 +261,14 @@ class STSTask(Task):
 
     @classmethod
     def from_file(cls, path: str | Path, *, name: str | None = None, split: str | None = None) -> STSTask:
-        p = _file(path, "STS file")
+        p = check_file(path, "STS file")
         a: list[str] = []
         b: list[str] = []
         s: list[float] = []
-        text = p.read_text(encoding="utf-8")
-        first = text.splitlines()[0] if text else ""
-        if "\t" in first:
-            rows = csv.DictReader(text.splitlines(), delimiter="\t", quoting=csv.QUOTE_NONE)
-            for n, row in enumerate(rows, start=2):
+        text = read_text(p)
+        lines = split_lines(text)
+        if lines and "\t" in lines[0]:
+            for n, row in parse_table(text, p, delimiter="\t", quoting=False).rows:
                 s1 = row.get("sentence_A") or row.get("sentence1")
                 s2 = row.get("sentence_B") or row.get("sentence2")
                 score = row.get("relatedness_score") or row.get("score")
@@ -403,7 +278,7 @@ class STSTask(Task):
                 b.append(s2)
                 s.append(_score(score, p, n))
         else:
-            for n, fields in enumerate(csv.reader(text.splitlines()), start=1):
+            for n, fields in parse_records(text, p):
                 if len(fields) < 3:
                     raise InvalidInputError(f"{p}:{n}: expected sentence1,sentence2,score")
                 a.append(fields[0])
@@ -670,12 +545,12 @@ class PairClassificationTask(Task):
         """CSV/TSV with a header (``sentence1``/``sentence2`` or ``sentence_A``/``sentence_B``, and ``label``
         or SICK's ``entailment_judgment``) or JSONL. Labels 1/true/yes/entailment/paraphrase are positive,
         0/false/no and any other class negative."""
-        p = _file(path, "pair file")
+        p = check_file(path, "pair file")
         problems: Counter[str] = Counter()
         a: list[str] = []
         b: list[str] = []
         y: list[int] = []
-        for _, row in _rows(p, problems):
+        for _, row in read_rows(p, problems=problems):
             s1 = row.get("sentence1", row.get("sentence_A"))
             s2 = row.get("sentence2", row.get("sentence_B"))
             col = label_column or next((c for c in ("label", "entailment_judgment", "is_duplicate") if c in row), None)
@@ -749,9 +624,9 @@ class BitextTask(Task):
 
     @classmethod
     def from_files(cls, source: str | Path, target: str | Path, *, name: str | None = None) -> BitextTask:
-        ps, pt = _file(source, "source file"), _file(target, "target file")
-        a = ps.read_text(encoding="utf-8").splitlines()
-        b = pt.read_text(encoding="utf-8").splitlines()
+        a = read_lines(source, what="source file", keep_blank=True)
+        b = read_lines(target, what="target file", keep_blank=True)
+        ps, pt = Path(source), Path(target)
         if len(a) != len(b):
             raise InvalidInputError(f"{ps} has {len(a)} lines but {pt} has {len(b)}: the files are not aligned")
         problems: Counter[str] = Counter()

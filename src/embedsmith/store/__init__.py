@@ -11,6 +11,7 @@ from .api import (
     list_collections,
     migrate_collection,
     open_collection,
+    reembed_collection,
     restore_collection,
     snapshot_collection,
 )
@@ -22,4 +23,4 @@ from .sqlite import IndexRebuildWarning, IndexSaveWarning, SqliteCollection
 __all__ = ["Candidate", "Collection", "CollectionSettings", "CompiledFilter", "IndexRebuildWarning",
            "IndexSaveWarning", "RecordBatch", "SqliteCollection", "VerifyReport", "compile_where", "create_like",
            "default_store", "delete_collection", "is_postgres", "list_collections", "migrate_collection",
-           "open_collection", "restore_collection", "snapshot_collection"]
+           "open_collection", "reembed_collection", "restore_collection", "snapshot_collection"]

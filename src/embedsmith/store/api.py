@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CollectionExistsError, StoreError
+from ..errors import CollectionExistsError, InvalidInputError, StoreError
 from ..quantization import Int8Calibration
 from ..types import Encoder, Metric, Precision, parse_enum
 from .base import Collection, Requested, Store, open_in
@@ -179,6 +179,78 @@ def migrate_collection(
     return {"name": name, "target_name": dest, "count": n_dst, "checked": len(a)}
 
 
+REEMBED_NOTE = "reembed_incomplete"
+
+
+def reembed_collection(
+    name: str,
+    target: str,
+    encoder: Encoder | str | os.PathLike[str],
+    *,
+    store: str | os.PathLike[str] | None = None,
+    batch: int = 256,
+    show_progress: bool = False,
+) -> dict[str, Any]:
+    """Embed a collection's records again with another encoder, into a new collection in the same store.
+
+    Ids, texts, index texts (e.g. a chunk with its document's title in front) and metadata are copied; the target
+    gets the source's metric and precision, and the encoder's model and dimension. Until every record is in,
+    the target carries the note ``{"reembed_incomplete": name}`` (:meth:`Collection.notes`): running again with
+    the same names resumes, embedding only the records the target lacks, and the note is removed at the end.
+
+    Args:
+        name: the source collection.
+        target: the collection to fill (created when missing).
+        encoder: an encoder, or an alias/folder to load.
+        batch: records embedded and committed together.
+
+    Returns:
+        ``{"name", "target_name", "count", "resumed", "resumed_after", "model", "dim"}``: ``resumed`` when an
+        interrupted run was continued, ``resumed_after`` the number of records it had copied.
+
+    Raises:
+        CollectionNotFoundError: no source collection.
+        SettingsMismatchError: the target exists with another model, metric or precision.
+        InvalidInputError: the target is the source, or a record has no text to embed (named; rerun after fixing
+            it to resume).
+    """
+    from tqdm.auto import tqdm
+
+    check_name(name)
+    if check_name(target) == name:
+        raise InvalidInputError(f"re-embedding needs a target other than the source, got {target!r} for both")
+    batch = positive_int(batch, "batch")
+    enc = _resolve_encoder(encoder)
+    with open_collection(name, store=store, create=False) as src:
+        s = src.settings
+        with open_collection(target, store=store, encoder=enc, metric=s.metric, precision=s.precision) as dst:
+            resuming = dst.notes().get(REEMBED_NOTE) == name
+            if not resuming:
+                dst.set_notes(**{REEMBED_NOTE: name})
+            done = {i for b in dst.export_records(batch=10_000) for i in b.ids} if resuming else set()
+            with tqdm(total=src.count(), desc=f"re-embedding {name} -> {target}", unit="doc",
+                      disable=not show_progress) as bar:
+                bar.update(len(done))
+                for b in src.export_records(batch=batch):
+                    todo = []
+                    for rid, text, index_text, meta in zip(b.ids, b.texts, b.index_texts, b.metadata, strict=True):
+                        if rid in done:
+                            continue
+                        if not text:
+                            raise InvalidInputError(f"record {rid!r} of {name!r} has no text to re-embed")
+                        rec: dict[str, Any] = {"id": rid, "text": text, "metadata": meta}
+                        if index_text is not None:
+                            rec["index_text"] = index_text
+                        todo.append(rec)
+                    if todo:
+                        dst.upsert(todo)
+                    bar.update(len(todo))
+            dst.set_notes(**{REEMBED_NOTE: None})
+            return {"name": name, "target_name": target, "count": dst.count(), "resumed": resuming,
+                    "resumed_after": len(done),
+                    "model": dst.settings.model, "dim": dst.dim}
+
+
 def snapshot_collection(name: str, path: str | os.PathLike[str], *,
                         store: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Write one portable file holding a collection: its settings, and every live record (id, text, index text,
@@ -264,5 +336,6 @@ def restore_collection(path: str | os.PathLike[str], *, name: str | None = None,
     return {"name": dest, "count": restored, "replaced": exists}
 
 
-__all__ = ["create_like", "default_store", "delete_collection", "is_postgres", "list_collections",
-           "migrate_collection", "open_collection", "restore_collection", "snapshot_collection", "store_for"]
+__all__ = ["REEMBED_NOTE", "create_like", "default_store", "delete_collection", "is_postgres", "list_collections",
+           "migrate_collection", "open_collection", "reembed_collection", "restore_collection", "snapshot_collection",
+           "store_for"]

@@ -6,17 +6,16 @@ or (sentence1, sentence2, score) pairs for similarity losses.
 
 from __future__ import annotations
 
-import csv
 import json
 import random
 import re
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from ..errors import InvalidInputError
+from ..io import parse_records, read_jsonl, read_labelled, read_text, split_lines
 
 
 @dataclass
@@ -55,24 +54,10 @@ def _text(value: object, path: Path, line: int, name: str) -> str:
     return value
 
 
-def _json_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) per non-empty line; anything but a JSON object stops with the line number."""
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InvalidInputError(f"{path}:{n}: not JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise InvalidInputError(f"{path}:{n}: expected a JSON object")
-        yield n, row
-
-
 def read_jsonl_pairs(path: Path) -> TrainingData:
     """``{"query", "positive", ["negative" | "negatives"]}`` or ``{"anchor", "positive"}`` per line."""
     data = TrainingData(source=path.name)
-    for n, row in _json_rows(path):
+    for n, row in read_jsonl(path):
         key = "query" if "query" in row else "anchor"
         if key not in row:
             raise InvalidInputError(f"{path}:{n}: expected a 'query' or 'anchor' field")
@@ -91,17 +76,14 @@ def read_scored_pairs(path: Path) -> TrainingData:
     """STS-style CSV without header: sentence1, sentence2, score (scaled to 0..1 by the largest score)."""
     data = TrainingData(source=path.name, scores=[])
     raw: list[float] = []
-    with open(path, newline="", encoding="utf-8") as f:
-        for n, fields in enumerate(csv.reader(f), start=1):
-            if not fields:
-                continue
-            if len(fields) < 3:
-                raise InvalidInputError(f"{path}:{n}: expected sentence1,sentence2,score")
-            try:
-                raw.append(float(fields[2]))
-            except ValueError:
-                raise InvalidInputError(f"{path}:{n}: score {fields[2]!r} is not a number") from None
-            data.add(_text(fields[0], path, n, "sentence1"), _text(fields[1], path, n, "sentence2"))
+    for n, fields in parse_records(read_text(path), path):
+        if len(fields) < 3:
+            raise InvalidInputError(f"{path}:{n}: expected sentence1,sentence2,score")
+        try:
+            raw.append(float(fields[2]))
+        except ValueError:
+            raise InvalidInputError(f"{path}:{n}: score {fields[2]!r} is not a number") from None
+        data.add(_text(fields[0], path, n, "sentence1"), _text(fields[1], path, n, "sentence2"))
     top = max(raw, default=1.0) or 1.0
     data.scores = [max(0.0, s / (5.0 if top <= 5 else top)) for s in raw]
     return data
@@ -110,8 +92,6 @@ def read_scored_pairs(path: Path) -> TrainingData:
 def read_label_pairs(path: Path, *, pairs_per_text: int = 1, seed: int = 42) -> TrainingData:
     """Text + label CSV (header ``text`` and ``label``/``category``): each text paired with another text
     of its label, so in-batch negatives come from other labels."""
-    from ..evaluation.tasks import read_labelled
-
     texts, labels = read_labelled(path)
     by_label: dict[str, list[str]] = defaultdict(list)
     for t, lbl in zip(texts, labels, strict=True):
@@ -155,7 +135,7 @@ def read_beir(folder: Path, *, split: str = "train") -> tuple[TrainingData, dict
 def read_titled_corpus(path: Path) -> TrainingData:
     """Title -> body pairs from a JSONL corpus with ``title`` and ``text`` (self-supervised)."""
     data = TrainingData(source=f"{path.name} (title -> text)")
-    for _, row in _json_rows(path):
+    for _, row in read_jsonl(path):
         title, text = row.get("title"), row.get("text")
         if isinstance(title, str) and title.strip() and isinstance(text, str) and text.strip():
             data.add(title.strip(), text.strip())
@@ -196,13 +176,11 @@ def load_training_data(path: str | Path, *, split: str = "train") -> TrainingDat
     p = Path(path)
     if p.is_dir():
         data = read_beir(p, split=split)[0]
-    elif not p.is_file():
-        raise InvalidInputError(f"training data {str(p)!r} does not exist")
     else:
-        text = p.read_text(encoding="utf-8")
+        text = read_text(p, what="training data")
         if not text.strip():
             raise InvalidInputError(f"training data {p!s} is empty")
-        first_line = next(x for x in text.splitlines() if x.strip())
+        first_line = next(x for x in split_lines(text) if x.strip())
         if p.suffix == ".jsonl":
             try:
                 first = json.loads(first_line)

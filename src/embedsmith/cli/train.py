@@ -1,4 +1,4 @@
-"""``embedsmith finetune`` and ``finetune-reranker``: registered on the main app by :mod:`embedsmith.cli`."""
+"""``embedsmith finetune``, ``finetune-reranker`` and ``mine-negatives``: training on the user's data."""
 
 from __future__ import annotations
 
@@ -9,16 +9,18 @@ from typing import Annotated, Any
 
 import typer
 
+from . import render
+from .options import DeviceOpt, JsonOpt, ModelOpt
+
 TrainOpt = Annotated[list[Path], typer.Option("--train", help="training data (repeat to combine): BEIR folder, "
                                                                 "JSONL pairs or titled corpus, CSV pairs or labels")]
 OutputOpt = Annotated[Path, typer.Option(help="folder for the trained model")]
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="alias (minilm, mpnet) or model folder")]
 
 
 def _gather(train: list[Path], split: str, inverse_cloze: bool, synthetic: str | None) -> tuple[Any, list[str]]:
     """Combine every training source; return the data and a corpus for mining (BEIR corpora, passages)."""
-    from .training.data import TrainingData, load_training_data, read_beir, read_titled_corpus
-    from .training.data import inverse_cloze as ict
+    from ..training.data import TrainingData, load_training_data, read_beir, read_titled_corpus
+    from ..training.data import inverse_cloze as ict
 
     data = TrainingData()
     corpus: list[str] = []
@@ -35,7 +37,7 @@ def _gather(train: list[Path], split: str, inverse_cloze: bool, synthetic: str |
     if inverse_cloze:
         data.extend(ict(passages))
     if synthetic:
-        from .training.synthetic import synthetic_queries
+        from ..training.synthetic import synthetic_queries
 
         data.extend(synthetic_queries(passages, synthetic, api_key=os.environ.get("OPENAI_API_KEY")))
     return data, corpus
@@ -44,7 +46,7 @@ def _gather(train: list[Path], split: str, inverse_cloze: bool, synthetic: str |
 def _eval_task(path: Path | None, split: str) -> Any:
     if path is None:
         return None
-    from .evaluation import RetrievalTask, STSTask
+    from ..evaluation import RetrievalTask, STSTask
 
     return RetrievalTask.from_beir(path, split=split) if path.is_dir() else STSTask.from_file(path)
 
@@ -53,21 +55,19 @@ def _print(report: Any, as_json: bool) -> None:
     from dataclasses import asdict
 
     if as_json:
-        print(json.dumps(asdict(report)))
+        render.print_json(asdict(report))
         return
-    from rich.console import Console
-
-    console = Console()
+    console = render.console()
     console.print(f"trained {report.base_model} -> {report.output}: {report.loss}, {report.examples} examples, "
-                  f"{report.steps} steps in {report.seconds:.0f} s", highlight=False)
+                  f"{report.steps} steps in {report.seconds:.0f} s", highlight=False, markup=False)
     for k, v in report.before.items():
-        console.print(f"  {k}: {v:.4f} -> {report.after.get(k, float('nan')):.4f}", highlight=False)
+        console.print(f"  {k}: {v:.4f} -> {report.after.get(k, float('nan')):.4f}", highlight=False, markup=False)
 
 
 def finetune(
     train: TrainOpt,
     output: OutputOpt,
-    model: ModelOpt = "minilm",
+    model: ModelOpt = None,
     loss: Annotated[str, typer.Option(help="mnrl | cached-mnrl | infonce | triplet | cosent | cosine | "
                                            "contrastive")] = "mnrl",
     matryoshka: Annotated[str | None, typer.Option(help="dims to train for truncation, e.g. 384,256,128,64")]
@@ -89,12 +89,13 @@ def finetune(
     eval_data: Annotated[Path | None, typer.Option("--eval", help="BEIR folder or STS file, scored before/after")]
     = None,
     eval_split: Annotated[str, typer.Option(help="qrels split of a BEIR --eval folder")] = "dev",
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+    device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
 ) -> None:
     """Fine-tune a bi-encoder (sentence-transformers trainer), with mined hard negatives and evaluation."""
-    from .errors import InvalidInputError
-    from .training import finetune as run
+    from ..encoders import DEFAULT_MODEL
+    from ..errors import InvalidInputError
+    from ..training import finetune as run
 
     dims = None
     if matryoshka:
@@ -103,7 +104,7 @@ def finetune(
         except ValueError:
             raise InvalidInputError(f"--matryoshka takes comma-separated integers, got {matryoshka!r}") from None
     data, corpus = _gather(train, split, inverse_cloze, synthetic_queries)
-    report = run(model, data, output, loss=loss, matryoshka=dims, hard_negatives=hard_negatives,
+    report = run(model or DEFAULT_MODEL, data, output, loss=loss, matryoshka=dims, hard_negatives=hard_negatives,
                  negatives_per_query=negatives_per_query, skip_top=skip_top, corpus=corpus, epochs=epochs,
                  batch_size=batch_size, lr=lr, seed=seed, max_steps=max_steps, max_seq_length=max_seq_length,
                  eval_task=_eval_task(eval_data, eval_split), device=device, show_progress=not as_json)
@@ -113,7 +114,7 @@ def finetune(
 def finetune_reranker(
     train: TrainOpt,
     output: OutputOpt,
-    model: ModelOpt = "minilm",
+    model: ModelOpt = None,
     hard_negatives: Annotated[str, typer.Option(help="bm25 | dense | none (the data's own negatives, e.g. "
                                                      "from mine-negatives)")] = "bm25",
     negatives_per_query: Annotated[int, typer.Option(help="mined negatives per example")] = 5,
@@ -133,25 +134,26 @@ def finetune_reranker(
     first_stage: Annotated[str | None, typer.Option(help="bi-encoder retrieving the candidates at evaluation "
                                                          "(default: --model)")] = None,
     candidates: Annotated[int, typer.Option(help="first-stage candidates reranked at evaluation")] = 100,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+    device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
 ) -> None:
     """Train a cross-encoder reranker on positives and mined negatives (usable with --rerank).
 
     With --eval, the first stage's ranking of the evaluation queries is scored against the same
     candidates reranked, and a warning says so when the reranker makes the ranking worse.
     """
-    from .errors import InvalidInputError
-    from .training import finetune_reranker as run
+    from ..encoders import DEFAULT_MODEL
+    from ..errors import InvalidInputError
+    from ..training import finetune_reranker as run
 
     if eval_data is not None and not eval_data.is_dir():
         raise InvalidInputError(f"--eval for a reranker takes a BEIR folder, got {str(eval_data)!r}")
     task = _eval_task(eval_data, eval_split)
     data, corpus = _gather(train, split, inverse_cloze, None)
-    report = run(model, data, output, hard_negatives=hard_negatives, negatives_per_query=negatives_per_query,
-                 random_negatives=random_negatives, loss=loss, max_length=max_length, corpus=corpus,
-                 epochs=epochs, batch_size=batch_size, lr=lr, head_lr=head_lr, seed=seed, max_steps=max_steps,
-                 eval_task=task, first_stage=first_stage, candidates=candidates,
+    report = run(model or DEFAULT_MODEL, data, output, hard_negatives=hard_negatives,
+                 negatives_per_query=negatives_per_query, random_negatives=random_negatives, loss=loss,
+                 max_length=max_length, corpus=corpus, epochs=epochs, batch_size=batch_size, lr=lr, head_lr=head_lr,
+                 seed=seed, max_steps=max_steps, eval_task=task, first_stage=first_stage, candidates=candidates,
                  device=device, show_progress=not as_json)
     _print(report, as_json)
     before, after = report.before.get("ndcg_at_10"), report.after.get("ndcg_at_10")
@@ -164,7 +166,7 @@ def mine_negatives(
     train: TrainOpt,
     output: Annotated[Path, typer.Option(help="JSONL file to write: query, positive, negatives")],
     method: Annotated[str, typer.Option(help="bm25 | dense")] = "bm25",
-    model: ModelOpt = "minilm",
+    model: ModelOpt = None,
     negatives_per_query: Annotated[int, typer.Option(help="negatives per (query, positive) pair")] = 5,
     skip_top: Annotated[int, typer.Option(help="skip each query's top candidates (likely unjudged positives)")]
     = 0,
@@ -174,7 +176,7 @@ def mine_negatives(
     inverse_cloze: Annotated[bool, typer.Option(help="add pseudo-queries cut from the passages (no LLM)")] = False,
     split: Annotated[str, typer.Option(help="qrels split of BEIR training folders")] = "train",
     seed: Annotated[int, typer.Option(help="random seed (for rows topped up with random documents)")] = 42,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda (dense mining)")] = "auto",
+    device: DeviceOpt = "auto",
 ) -> None:
     """Mine hard negatives into a JSONL that finetune reads back (inspect them before training).
 
@@ -183,9 +185,10 @@ def mine_negatives(
     """
     import tempfile
 
-    from .encoders.registry import resolve_device
-    from .errors import InvalidInputError
-    from .training.fit import _miner, add_hard_negatives, model_folder
+    from ..encoders import DEFAULT_MODEL
+    from ..encoders.registry import resolve_device
+    from ..errors import InvalidInputError
+    from ..training.fit import _miner, add_hard_negatives, model_folder
 
     if method not in ("bm25", "dense"):
         raise InvalidInputError(f"unknown mining method {method!r}; expected bm25 or dense")
@@ -197,7 +200,8 @@ def mine_negatives(
         raise InvalidInputError("scored pairs have no positives to mine negatives for")
     if not len(data):
         raise InvalidInputError("no training examples")
-    encoder = _miner(method, model_folder(model), resolve_device(device)) if method == "dense" else None
+    folder = model_folder(model or DEFAULT_MODEL) if method == "dense" else None
+    encoder = _miner(method, folder, resolve_device(device)) if folder is not None else None
     mined = add_hard_negatives(data, method=method, per_query=negatives_per_query, corpus=corpus, encoder=encoder,
                                skip_top=skip_top, margin=margin, seed=seed)
     output.parent.mkdir(parents=True, exist_ok=True)

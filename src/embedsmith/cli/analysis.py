@@ -1,4 +1,4 @@
-"""``embedsmith cluster``, ``classify`` and ``analogy``: registered on the main app by :mod:`embedsmith.cli`."""
+"""``embedsmith cluster``, ``classify`` and ``analogy``: groups, labels and analogies by vector nearness."""
 
 from __future__ import annotations
 
@@ -8,15 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="alias (see `embedsmith models`) or model folder")]
-BackendOpt = Annotated[str, typer.Option(help="auto | torch | onnx | onnx-int8")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
-
-
-def _encoder(model: str, backend: str) -> Any:
-    from .encoders import load_encoder
-
-    return load_encoder(model, backend=backend)
+from . import render
+from .options import BackendOpt, JsonOpt, ModelOpt, StoreOpt, load_model
 
 
 def cluster(
@@ -27,17 +20,18 @@ def cluster(
     = "auto",
     k_max: Annotated[int, typer.Option(help="largest k tried by --k auto")] = 20,
     method: Annotated[str, typer.Option(help="kmeans | hdbscan | agglomerative")] = "kmeans",
-    model: ModelOpt = "minilm",
+    model: ModelOpt = None,
     backend: BackendOpt = "auto",
     collection: Annotated[str | None, typer.Option(help="cluster a collection's stored vectors instead")] = None,
-    store: Annotated[str | None, typer.Option("--store", help="store folder (default: $EMBEDSMITH_HOME)")] = None,
+    store: StoreOpt = None,
     output: Annotated[Path | None, typer.Option(help="write one JSON line per text with its cluster")] = None,
     plot: Annotated[Path | None, typer.Option(help="PNG of a 2-D projection (PCA) coloured by cluster")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Group texts by meaning; describe each cluster by its distinctive terms and most central texts."""
-    from .analysis import cluster_texts, plot_clusters, project_2d, read_texts
-    from .errors import InvalidInputError
+    from ..analysis import cluster_texts, plot_clusters, project_2d
+    from ..errors import InvalidInputError
+    from ..io import read_texts
 
     if (file is None) == (collection is None):
         raise InvalidInputError("give a FILE or --collection NAME (one of them)")
@@ -48,7 +42,7 @@ def cluster(
     if collection is not None:
         import numpy as np
 
-        from .store import open_collection
+        from ..store import open_collection
 
         texts, ids, rows = [], [], []
         with open_collection(collection, store=store, create=False) as coll:
@@ -59,14 +53,13 @@ def cluster(
                     rows.append(r["vector"])
         if not rows:
             raise InvalidInputError(f"collection {collection!r} is empty")
-        result = cluster_texts(texts, vectors=np.stack(rows), k=kk, method=method, k_max=k_max)
         vectors = np.stack(rows)
+        result = cluster_texts(texts, vectors=vectors, k=kk, method=method, k_max=k_max)
         name = collection
-    else:
-        assert file is not None
+    elif file is not None:  # always, given the check above; the test tells the type checker
         texts = read_texts(file, column=column)
         ids = [str(i) for i in range(len(texts))]
-        enc = _encoder(model, backend)
+        enc = load_model(model, backend)
         vectors = enc.encode(texts, kind="document", show_progress=not as_json and len(texts) > 256)
         result = cluster_texts(texts, vectors=vectors, k=kk, method=method, k_max=k_max)
         name = file.name
@@ -79,28 +72,23 @@ def cluster(
         plot_clusters(project_2d(vectors), result.labels, plot, title=f"{name}: {result.k} clusters ({method})",
                       names=names)
     if as_json:
-        print(json.dumps({"k": result.k, "method": method, "silhouette": result.silhouette,
-                          "silhouette_by_k": result.silhouette_by_k,
-                          "clusters": [c.__dict__ for c in result.clusters],
-                          "labels": result.labels.tolist()}, ensure_ascii=False))
+        render.print_json({"k": result.k, "method": method, "silhouette": result.silhouette,
+                           "silhouette_by_k": result.silhouette_by_k,
+                           "clusters": [c.__dict__ for c in result.clusters],
+                           "labels": result.labels.tolist()}, ensure_ascii=False)
         return
-    from rich.console import Console
-    from rich.table import Table
-
     sil = f", silhouette {result.silhouette:.3f}" if result.silhouette is not None else ""
-    table = Table(title=f"{name}: {len(texts)} texts, {result.k} clusters ({method}{sil})")
-    for col in ("cluster", "size", "distinctive terms", "most central text"):
-        table.add_column(col)
-    for c in result.clusters:
-        table.add_row(str(c.id), str(c.size), ", ".join(c.terms[:6]), (c.central[0] if c.central else "")[:70])
+    render.print_table(f"{name}: {len(texts)} texts, {result.k} clusters ({method}{sil})",
+                       ["cluster", "size", "distinctive terms", "most central text"],
+                       [[str(c.id), str(c.size), ", ".join(c.terms[:6]), (c.central[0] if c.central else "")[:70]]
+                        for c in result.clusters])
     noise = int((result.labels == -1).sum())
-    console = Console()
-    console.print(table)
+    console = render.console()
     if noise:
         console.print(f"{noise} texts left unclustered (noise)")
     for path in (output, plot):
         if path is not None:
-            console.print(f"wrote {path}")
+            console.print(f"wrote {path}", markup=False)
 
 
 def classify(
@@ -111,24 +99,22 @@ def classify(
     k: Annotated[int, typer.Option("--k", help="neighbours for knn")] = 5,
     text_column: Annotated[str | None, typer.Option(help="text column (default: text/sentence/...)")] = None,
     label_column: Annotated[str | None, typer.Option(help="label column (default: label/category/...)")] = None,
-    model: ModelOpt = "minilm",
+    model: ModelOpt = None,
     backend: BackendOpt = "auto",
     output: Annotated[Path | None, typer.Option(help="write predictions as JSON lines")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Label texts by vector nearness to labelled examples (kNN, centroids or logistic regression)."""
-    from .analysis import Classifier, read_texts
-    from .errors import InvalidInputError
-    from .evaluation.tasks import read_labelled
+    from ..analysis import Classifier
+    from ..errors import InvalidInputError
+    from ..io import read_labelled, read_texts
 
     if predict is None and evaluate is None:
         raise InvalidInputError("give --predict FILE, --evaluate LABELLED, or both")
     texts, labels = read_labelled(train, text_column=text_column, label_column=label_column)
-    clf = Classifier(_encoder(model, backend), method=method, k=k).fit(texts, labels)
+    clf = Classifier(load_model(model, backend), method=method, k=k).fit(texts, labels)
     out: dict[str, Any] = {"method": method, "labels": len(clf.labels), "train": len(texts)}
-    from rich.console import Console
-
-    console = Console()
+    console = render.console()
     if predict is not None:
         items = read_texts(predict, column=text_column or "text")
         preds = clf.predict(items)
@@ -143,7 +129,7 @@ def classify(
                 console.print(f"{row['label']:<28} {row['confidence']:.2f}  {row['text'][:70]}", markup=False,
                               highlight=False)
             if output is not None:
-                console.print(f"wrote {output}")
+                console.print(f"wrote {output}", markup=False)
     if evaluate is not None:
         et, el = read_labelled(evaluate, text_column=text_column, label_column=label_column)
         rep = clf.evaluate(et, el)
@@ -155,7 +141,7 @@ def classify(
             for t, p, c in rep.confusions[:5]:
                 console.print(f"  {c} x {t} -> {p}", markup=False, highlight=False)
     if as_json:
-        print(json.dumps(out, ensure_ascii=False))
+        render.print_json(out, ensure_ascii=False)
 
 
 def analogy(
@@ -165,18 +151,18 @@ def analogy(
     candidates: Annotated[Path | None, typer.Option(help="one candidate word per line (default: 5,000 "
                                                          "common English words)")] = None,
     k: Annotated[int, typer.Option("-k", help="answers to show")] = 5,
-    model: ModelOpt = "minilm",
+    model: ModelOpt = None,
     backend: BackendOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
     """Rank candidate words by cosine to A - B + C (king - man + woman ~ queen)."""
-    from .analysis import read_texts, word_analogy
+    from ..analysis import word_analogy
+    from ..io import read_texts
 
     words = read_texts(candidates) if candidates is not None else None
-    ranked = word_analogy(a, b, c, _encoder(model, backend), candidates=words, k=k)
+    ranked = word_analogy(a, b, c, load_model(model, backend), candidates=words, k=k)
     if as_json:
-        print(json.dumps({"query": [a, b, c], "results": [{"word": w, "cosine": s} for w, s in ranked]}))
+        render.print_json({"query": [a, b, c], "results": [{"word": w, "cosine": s} for w, s in ranked]})
         return
-    from rich.console import Console
-
-    Console().print(f"{a} - {b} + {c} ~ " + ", ".join(f"{w} ({s:.3f})" for w, s in ranked), highlight=False)
+    render.console().print(f"{a} - {b} + {c} ~ " + ", ".join(f"{w} ({s:.3f})" for w, s in ranked),
+                           highlight=False, markup=False)

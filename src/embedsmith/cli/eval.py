@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
+
+from . import render
+from .options import BackendOpt, CollectionOpt, DeviceOpt, JsonOpt, ModelOpt, ModelsOpt, StoreOpt, load_model
 
 eval_app = typer.Typer(
     help="Evaluate encoders on local data (MTEB's protocols), the dimension/precision trade-off, or a "
@@ -32,62 +35,37 @@ COLUMNS = {
     "bitext": ("accuracy", "f1", "reverse_accuracy", "reverse_f1"),
 }
 
-ModelsOpt = Annotated[list[str] | None, typer.Option("--model", "-m", help="alias or folder; repeat to compare")]
-BackendOpt = Annotated[str, typer.Option(help="auto | torch | onnx | onnx-int8")]
-DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 OutputOpt = Annotated[Path | None, typer.Option(help="write the results as JSON (MTEB's layout)")]
-
-
-def _load(model: str, backend: str, device: str) -> Any:
-    from .encoders import load_encoder
-
-    return load_encoder(model, backend=backend, device=device)
-
-
-def _warn_problems(problems: dict[str, int]) -> None:
-    if problems:
-        from rich.console import Console
-
-        listed = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in sorted(problems.items()))
-        Console(stderr=True).print(f"[yellow]data problems (skipped): {listed}[/yellow]")
 
 
 def _run_task(task_type: str, path: Path, path2: Path | None, models: list[str], backend: str, device: str,
               split: str | None, dims: int | None, precision: str, text_column: str | None,
               label_column: str | None, as_json: bool, output: Path | None) -> None:
-    from .evaluation import EmbeddingCache, load_task
+    from ..evaluation import EmbeddingCache, load_task
 
     task = load_task(task_type, path, path2, split=split, text_column=text_column, label_column=label_column)
-    _warn_problems(task.problems)
+    render.warn_problems(task.problems)
     cache = EmbeddingCache(show_progress=not as_json)
-    results = [task.evaluate(_load(m, backend, device), dims=dims, precision=precision, cache=cache)
+    results = [task.evaluate(load_model(m, backend, device), dims=dims, precision=precision, cache=cache)
                for m in models]
     payload = [r.to_mteb() for r in results]
     if output is not None:
         output.write_text(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2) + "\n",
                           encoding="utf-8")
     if as_json:
-        print(json.dumps(payload[0] if len(payload) == 1 else payload))
+        render.print_json(payload[0] if len(payload) == 1 else payload)
         return
-    from rich.console import Console
-    from rich.table import Table
-
     setting = f"{dims or 'full'} dims, {precision}"
-    table = Table(title=f"{task_type}: {task.name} ({task.split}, {task.n_examples} examples, {setting})")
-    table.add_column("model")
-    table.add_column("main score", justify="right")
-    for col in COLUMNS[task_type]:
-        table.add_column(col, justify="right")
-    table.add_column("time (s)", justify="right")
-    table.add_column("encoding", justify="right")
+    columns = ["model", "main score", *COLUMNS[task_type], "time (s)", "encoding"]
+    rows = []
     for r in results:
         share = r.encode_time / r.evaluation_time if r.evaluation_time else 0.0
-        table.add_row(r.model_name, f"{r.main_score:.4f}", *(f"{r.scores[c]:.4f}" for c in COLUMNS[task_type]),
-                      f"{r.evaluation_time:.1f}", f"{share:.0%}")
-    Console().print(table)
+        rows.append([r.model_name, f"{r.main_score:.4f}", *(f"{r.scores[c]:.4f}" for c in COLUMNS[task_type]),
+                     f"{r.evaluation_time:.1f}", f"{share:.0%}"])
+    render.print_table(f"{task_type}: {task.name} ({task.split}, {task.n_examples} examples, {setting})", columns,
+                       rows, right=columns[1:])
     if output is not None:
-        Console().print(f"wrote {output}")
+        render.console().print(f"wrote {output}", markup=False)
 
 
 def _task_command(task_type: str) -> Callable[..., None]:
@@ -106,7 +84,9 @@ def _task_command(task_type: str) -> Callable[..., None]:
         as_json: JsonOpt = False,
         output: OutputOpt = None,
     ) -> None:
-        _run_task(task_type, path, path2, model or ["minilm"], backend, device, split, dims, precision,
+        from ..encoders import DEFAULT_MODEL
+
+        _run_task(task_type, path, path2, model or [DEFAULT_MODEL], backend, device, split, dims, precision,
                   text_column, label_column, as_json, output)
 
     return command
@@ -119,7 +99,7 @@ for _name, _help in TASK_HELP.items():
 @eval_app.command()
 def tradeoff(
     path: Annotated[Path, typer.Argument(help="BEIR folder (retrieval) or STS file")],
-    model: Annotated[str, typer.Option("--model", "-m", help="alias or folder")] = "minilm",
+    model: ModelOpt = None,
     backend: BackendOpt = "auto",
     device: DeviceOpt = "auto",
     split: Annotated[str | None, typer.Option(help="qrels split for a BEIR folder")] = None,
@@ -130,13 +110,13 @@ def tradeoff(
     as_json: JsonOpt = False,
 ) -> None:
     """Quality at Matryoshka dims x precision, with bytes per vector, storage per 1M and search latency."""
-    from .errors import InvalidInputError
-    from .evaluation import RetrievalTask, STSTask
-    from .evaluation import tradeoff as tr
+    from ..errors import InvalidInputError
+    from ..evaluation import RetrievalTask, STSTask
+    from ..evaluation import tradeoff as tr
 
     task: RetrievalTask | STSTask = RetrievalTask.from_beir(path, split=split) if path.is_dir() \
         else STSTask.from_file(path)
-    _warn_problems(task.problems)
+    render.warn_problems(task.problems)
     cuts: list[int | None] = []
     for part in dims.split(","):
         part = part.strip()
@@ -146,7 +126,7 @@ def tradeoff(
             cuts.append(int(part))
         else:
             raise InvalidInputError(f"--dims takes positive integers or 'full', got {part!r}")
-    enc = _load(model, backend, device)
+    enc = load_model(model, backend, device)
     rows = tr.tradeoff(enc, task, dims=cuts, precisions=[p.strip() for p in precisions.split(",")],
                        show_progress=not as_json)
     metric = "nDCG@10" if isinstance(task, RetrievalTask) else "Spearman (cosine)"
@@ -157,22 +137,21 @@ def tradeoff(
     if plot is not None:
         tr.plot(rows, plot, title=title, metric=metric)
     if as_json:
-        print(json.dumps({"model": enc.name, "task": task.name, "metric": metric, "rows": tr.rows_to_dicts(rows)}))
+        render.print_json({"model": enc.name, "task": task.name, "metric": metric, "rows": tr.rows_to_dicts(rows)})
         return
-    from rich.console import Console
     from rich.markdown import Markdown
 
-    console = Console()
+    console = render.console()
     console.print(Markdown(md))
-    console.print(f"wrote {report}" + (f" and {plot}" if plot is not None else ""))
+    console.print(f"wrote {report}" + (f" and {plot}" if plot is not None else ""), markup=False)
 
 
 @eval_app.command()
 def pipeline(
-    collection: Annotated[str, typer.Option("--collection", "-c", help="collection name")],
+    collection: CollectionOpt,
     queries: Annotated[Path, typer.Option(help="BEIR queries.jsonl or id<TAB>text lines")],
     qrels: Annotated[Path, typer.Option(help="BEIR qrels TSV or TREC qrels")],
-    store: Annotated[str | None, typer.Option("--store", help="store folder (default: $EMBEDSMITH_HOME)")] = None,
+    store: StoreOpt = None,
     k: Annotated[int, typer.Option("-k", help="cut-off for ANN recall against exact search")] = 10,
     modes: Annotated[str, typer.Option(help="comma-separated: dense,bm25,hybrid")] = "dense,bm25,hybrid",
     rerank: Annotated[Path | None, typer.Option(help="cross-encoder folder: adds a reranked mode")] = None,
@@ -183,12 +162,12 @@ def pipeline(
     output: Annotated[Path | None, typer.Option(help="write the report as JSON")] = None,
 ) -> None:
     """Evaluate a deployed collection as it is: ANN recall against exact search, and each search mode."""
-    from .evaluation.pipeline import evaluate_pipeline
-    from .store import open_collection
+    from ..evaluation.pipeline import evaluate_pipeline
+    from ..store import open_collection
 
     reranker = None
     if rerank is not None:
-        from .rerankers import Reranker
+        from ..rerankers import Reranker
 
         reranker = Reranker(rerank)
     with open_collection(collection, store=store, create=False) as c:
@@ -199,19 +178,16 @@ def pipeline(
     if output is not None:
         output.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     if as_json:
-        print(json.dumps(data))
+        render.print_json(data)
         return
-    _warn_problems(rep.problems)
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"{collection}: {rep.n_queries} queries; ANN recall@{k} vs exact = {rep.ann_recall:.4f}")
-    for col in ("mode", "nDCG@10", "recall@100", "MRR@10", "p50 latency (ms)"):
-        table.add_column(col, justify="right" if col != "mode" else "left")
+    render.warn_problems(rep.problems)
+    columns = ["mode", "nDCG@10", "recall@100", "MRR@10", "p50 latency (ms)"]
+    rows = []
     for mode, s in rep.modes.items():
         if "error" in s:
-            table.add_row(mode, "-", "-", "-", s["error"])
+            rows.append([mode, "-", "-", "-", s["error"]])
         else:
-            table.add_row(mode, f"{s['ndcg_at_10']:.4f}", f"{s['recall_at_100']:.4f}", f"{s['mrr_at_10']:.4f}",
-                          f"{s['latency_p50_ms']:.1f}")
-    Console().print(table)
+            rows.append([mode, f"{s['ndcg_at_10']:.4f}", f"{s['recall_at_100']:.4f}", f"{s['mrr_at_10']:.4f}",
+                         f"{s['latency_p50_ms']:.1f}"])
+    render.print_table(f"{collection}: {rep.n_queries} queries; ANN recall@{k} vs exact = {rep.ann_recall:.4f}",
+                       columns, rows, right=columns[1:])

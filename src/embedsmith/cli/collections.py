@@ -1,0 +1,243 @@
+"""Commands on collections: index, search, delete, compact, list, verify, repair, snapshot, restore, reembed,
+migrate. Each parses its options, calls one library function or method, and renders the result."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from . import render
+from .options import BackendOpt, CollectionOpt, JsonOpt, ModelOpt, StoreOpt, WhereOpt, load_model, parse_where
+
+
+def index(
+    paths: Annotated[list[Path], typer.Argument(help="files or folders (.txt .md .html .pdf .jsonl .csv)")],
+    collection: CollectionOpt,
+    store: StoreOpt = None,
+    model: ModelOpt = None,
+    backend: BackendOpt = "auto",
+    metric: Annotated[str | None, typer.Option(help="cosine | dot | l2 | manhattan (new collections)")] = None,
+    precision: Annotated[str | None, typer.Option(help="float32 | float16 | int8 | binary (new collections)")] = None,
+    dims: Annotated[int | None, typer.Option(help="index the first N dimensions (new collections)")] = None,
+    chunk_tokens: Annotated[int | None, typer.Option(help="chunk size in tokens (default min(384, model max))")] = None,
+    overlap: Annotated[int, typer.Option(help="tokens shared by consecutive chunks")] = 50,
+    headings: Annotated[bool | None, typer.Option(help="markdown headings as chunk boundaries (default: .md)")] = None,
+    text_field: Annotated[str, typer.Option(help="JSONL/CSV text field")] = "text",
+    id_field: Annotated[str | None, typer.Option(help="JSONL/CSV id field (default _id or id)")] = None,
+    prune: Annotated[bool, typer.Option(help="remove chunks of files that no longer exist")] = False,
+) -> None:
+    """Chunk, embed and store files; unchanged files are skipped, changed ones replaced.
+
+    Without --model, an existing collection keeps the model it was built with and a new one uses minilm; a
+    --model other than an existing collection's is refused (re-embed into a new collection instead)."""
+    from ..ingest import index_paths
+    from ..store import list_collections, open_collection
+
+    # An existing collection loads its recorded model itself; an explicit --model is loaded and checked against it.
+    own_model = model is None and collection in list_collections(store)
+    enc = None if own_model else load_model(model, backend)
+    with open_collection(collection, store=store, encoder=enc, metric=metric, precision=precision, dims=dims) as c:
+        report = index_paths(c, paths, max_tokens=chunk_tokens, overlap=overlap, headings=headings,
+                             text_field=text_field, id_field=id_field, prune=prune, show_progress=True)
+        render.print_index_report(report, c.info())
+
+
+def search(
+    query: Annotated[str, typer.Argument(help="query text")],
+    collection: CollectionOpt,
+    store: StoreOpt = None,
+    k: Annotated[int, typer.Option("-k", help="hits to return")] = 10,
+    mode: Annotated[str, typer.Option(help="dense | bm25 | hybrid")] = "dense",
+    where: WhereOpt = None,
+    fusion: Annotated[str, typer.Option(help="hybrid fusion: rrf | weighted")] = "rrf",
+    alpha: Annotated[float | None, typer.Option(help="dense weight for weighted fusion (implies --fusion weighted)")]
+    = None,
+    rerank: Annotated[Path | None, typer.Option(help="cross-encoder folder to rerank with")] = None,
+    candidates: Annotated[int | None, typer.Option(help="first-stage candidates for reranking (100)")] = None,
+    group_by: Annotated[str | None, typer.Option(help="best hit per metadata field, e.g. source")] = None,
+    exact: Annotated[bool, typer.Option(help="brute-force dense search")] = False,
+    ef: Annotated[int | None, typer.Option(help="HNSW search breadth")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Search a collection (dense, bm25 or hybrid; optionally reranked)."""
+    from ..store import open_collection
+
+    flt = parse_where(where)
+    reranker = None
+    if rerank is not None:
+        from ..rerankers import Reranker
+
+        reranker = Reranker(rerank)
+    with open_collection(collection, store=store, create=False) as c:
+        hits = c.search(query, k=k, mode=mode, where=flt, exact=exact, ef=ef,
+                        fusion="weighted" if alpha is not None else fusion, alpha=0.5 if alpha is None else alpha,
+                        rerank=reranker, candidates=candidates, group_by=group_by)
+    if as_json:
+        render.print_json({"collection": collection, "query": query, "mode": mode, "hits": hits.to_dicts()},
+                          ensure_ascii=False)
+        return
+    render.print_hits(collection, query, mode, hits, reranked=reranker is not None)
+
+
+def delete(
+    collection: CollectionOpt,
+    store: StoreOpt = None,
+    ids: Annotated[list[str] | None, typer.Option("--ids", help="ids to delete (repeatable)")] = None,
+    where: WhereOpt = None,
+) -> None:
+    """Soft-delete records by id or filter (compact reclaims the space)."""
+    from ..store import open_collection
+
+    with open_collection(collection, store=store, create=False) as c:
+        n = c.delete(ids=ids or None, where=parse_where(where))
+    print(f"deleted {n} record(s) from {collection}")
+
+
+def compact(collection: CollectionOpt, store: StoreOpt = None) -> None:
+    """Drop deleted records, reclaim disk and rebuild the ANN index."""
+    from ..store import open_collection
+
+    with open_collection(collection, store=store, create=False) as c:
+        stats = c.compact()
+    print(f"{collection}: dropped {stats['dropped']} deleted record(s); "
+          f"{stats['bytes_before']:,} -> {stats['bytes_after']:,} bytes")
+
+
+def collections(store: StoreOpt = None, as_json: JsonOpt = False) -> None:
+    """List collections: count, model, dimension, precision, metric, size on disk."""
+    from ..errors import StoreError
+    from ..store import list_collections, open_collection
+
+    rows = []
+    for name in list_collections(store):
+        try:
+            with open_collection(name, store=store, create=False) as c:
+                rows.append(c.info())
+        except StoreError as exc:  # one damaged collection must not hide the others
+            rows.append({"name": name, "error": str(exc)})
+    if as_json:
+        render.print_json(rows, indent=2)
+        return
+    from rich.text import Text
+
+    table = []
+    for r in rows:
+        if "error" in r:
+            table.append([r["name"], "-", Text(f"unreadable: {r['error']}", style="red"), "", "", "", ""])
+            continue
+        dim = f"{r['dims']} of {r['dim']}" if r["dims"] != r["dim"] else str(r["dim"])
+        table.append([r["name"], str(r["count"]), str(r["model"]), dim, r["precision"], r["metric"],
+                      f"{r['disk_bytes'] / 1e6:.1f} MB"])
+    render.print_table("collections", ["name", "count", "model", "dim", "precision", "metric", "disk"], table)
+
+
+def verify(collection: CollectionOpt, store: StoreOpt = None, as_json: JsonOpt = False) -> None:
+    """Check a collection's integrity: database, index files against the rows, checksums, settings.
+
+    Exit status 0 when sound, 1 when problems were found (one per line), 2 when the check could not run.
+    """
+    from ..errors import EmbedsmithError
+    from ..store import open_collection
+
+    try:
+        with open_collection(collection, store=store, create=False) as c:
+            report = c.verify()
+    except EmbedsmithError as exc:
+        if as_json:
+            render.print_json({"name": collection, "ok": False, "error": str(exc)})
+        print(f"embedsmith: error: cannot verify {collection}: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    if as_json:
+        render.print_json(report.to_dict(), indent=2, ensure_ascii=False)
+    elif report.ok:
+        print(f"{collection}: ok ({report.checks.get('records', '?')} records)")
+    else:
+        for problem in report.problems:
+            print(f"{collection}: {problem}")
+    raise typer.Exit(0 if report.ok else 1)
+
+
+def repair(collection: CollectionOpt, store: StoreOpt = None) -> None:
+    """Rebuild every derived file of a collection (ANN index, BM25 index) from its rows."""
+    import warnings
+
+    from ..store import IndexRebuildWarning, open_collection
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", IndexRebuildWarning)  # rebuilding is what was asked for
+        with open_collection(collection, store=store, create=False) as c:
+            done = c.repair()
+            report = c.verify()
+    print(f"{collection}: rebuilt the ANN index ({done['ann_vectors']} vectors) and the BM25 index "
+          f"({done['bm25_rows']} rows); verify: {'ok' if report.ok else '; '.join(report.problems)}")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def snapshot(
+    collection: CollectionOpt,
+    to: Annotated[Path, typer.Option("--to", help="snapshot file to write")],
+    store: StoreOpt = None,
+) -> None:
+    """Write a collection to one portable file, consistent while writers run (restore reads it into either store)."""
+    from ..store import snapshot_collection
+
+    report = snapshot_collection(collection, to, store=store)
+    print(f"{collection}: {report['count']} records -> {report['path']} ({report['bytes']:,} bytes)")
+
+
+def restore(
+    snapshot_file: Annotated[Path, typer.Argument(help="a file written by embedsmith snapshot")],
+    collection: Annotated[str | None, typer.Option("--collection", "-c", help="name (default: the snapshot's)")]
+    = None,
+    store: StoreOpt = None,
+    replace: Annotated[bool, typer.Option(help="replace an existing collection of that name")] = False,
+) -> None:
+    """Restore a snapshot into a store (folder or postgresql://), as a new collection or replacing one."""
+    from ..store import restore_collection
+
+    report = restore_collection(snapshot_file, name=collection, store=store, replace=replace, show_progress=True)
+    print(f"{report['name']}: restored {report['count']} records" + (" (replaced)" if report["replaced"] else ""))
+
+
+def reembed(
+    collection: CollectionOpt,
+    to: Annotated[str, typer.Option("--to", help="name of the new collection")],
+    model: ModelOpt,
+    store: StoreOpt = None,
+    backend: BackendOpt = "auto",
+) -> None:
+    """Re-embed a collection's texts with another model into a new collection (ids and metadata kept).
+
+    The target is marked incomplete until every record is in; an interrupted run resumes when run again."""
+    from ..store import reembed_collection
+
+    report = reembed_collection(collection, to, load_model(model, backend), store=store, show_progress=True)
+    print(f"{to}: {report['count']} records ({report['model']}, dim {report['dim']})"
+          + (f", resumed after {report['resumed_after']}" if report["resumed"] else ""))
+
+
+def migrate(
+    collection: CollectionOpt,
+    source: Annotated[str | None, typer.Option("--from", help="source store: folder or postgresql:// DSN")] = None,
+    target: Annotated[str | None, typer.Option("--to", help="target store: folder or postgresql:// DSN")] = None,
+    rename: Annotated[str | None, typer.Option("--as", help="name of the copy (default: the same)")] = None,
+    batch: Annotated[int, typer.Option(help="records per transaction")] = 2000,
+) -> None:
+    """Copy a collection between stores (SQLite <-> PostgreSQL) without re-embedding; verifies counts and a sample."""
+    from ..errors import InvalidInputError
+    from ..store import migrate_collection
+    from ..store.pgvector import mask_dsn
+
+    if source is None and target is None:
+        raise InvalidInputError("migrate needs --from or --to (the other defaults to $EMBEDSMITH_HOME)")
+    report = migrate_collection(collection, source, target, target_name=rename, batch=batch, show_progress=True)
+
+    def shown(store: str | None) -> str:
+        return mask_dsn(store) if store and "://" in store else (store or "$EMBEDSMITH_HOME")
+
+    print(f"copied {collection} ({shown(source)}) -> {report['target_name']} ({shown(target)}): "
+          f"{report['count']} records, counts equal, {report['checked']} sampled records identical")
