@@ -7,6 +7,7 @@ from ..errors import require
 
 require("fastapi", extra="serve", what="embedsmith serve")
 require("uvicorn", extra="serve", what="embedsmith serve")
+require("orjson", extra="serve", what="embedsmith serve")
 
 from .app import APIError, ServerSettings, app_from_environment, create_app  # noqa: E402
 
