@@ -2,8 +2,8 @@
 
 Requests wait in a queue. A single worker task takes the first one, gathers whatever else arrives within
 ``max_wait_s`` (up to ``max_batch`` texts), and encodes the lot in a worker thread while the next batch
-gathers. Many small clients thus get the throughput of large batches; an idle server adds at most
-``max_wait_s`` to a request.
+gathers. Many small clients thus get the throughput of large batches. The wait is skipped while requests
+come one at a time (the last batch held a single request), so a lone client pays no batching latency.
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ class EmbeddingBatcher:
         self._queued_texts = 0
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        self._last_requests = 2  # requests in the last batch; start by waiting for company
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"embedsmith-encode-{encoder.name}")
         self._stats_lock = threading.Lock()
 
@@ -165,7 +166,9 @@ class EmbeddingBatcher:
                 await self._wakeup.wait()
             batch = self._take(self.max_batch)
             size = sum(len(p.texts) for p in batch)
-            deadline = loop.time() + self.max_wait_s
+            # Wait for company only when requests have been arriving together: a lone client (the last batch
+            # held one request) gets its answer without the wait, which is then pure latency.
+            deadline = loop.time() + (self.max_wait_s if self._last_requests > 1 else 0.0)
             while size < self.max_batch:
                 if not self._queue:
                     left = deadline - loop.time()
@@ -182,6 +185,7 @@ class EmbeddingBatcher:
                 more = self._take(self.max_batch - size)
                 batch += more
                 size += sum(len(p.texts) for p in more)
+            self._last_requests = len(batch)
             batch = [p for p in batch if not p.future.cancelled()]
             if not batch:
                 continue

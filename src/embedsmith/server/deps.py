@@ -114,7 +114,8 @@ class ServiceMiddleware:
         return None
 
 
-def get_service(request: Request) -> Service:
+async def get_service(request: Request) -> Service:
+    """The app's Service (async: FastAPI would run a plain function in a worker thread, per request)."""
     return request.app.state.service
 
 
