@@ -142,7 +142,8 @@ def main() -> None:
     host, port = "127.0.0.1", free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "embedsmith.cli", "serve", "--host", host, "--port", str(port), "--backend", "onnx",
-         "--threads", str(args.server_threads or max(1, args.threads // args.workers)), "--batch-wait-ms", str(args.batch_wait_ms), "--max-batch",
+         "--threads", str(args.server_threads or max(1, args.threads // args.workers)),
+         "--batch-wait-ms", str(args.batch_wait_ms), "--max-batch",
          str(args.max_batch), "--log-level", "warning", "--workers", str(args.workers)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         env={k: v for k, v in os.environ.items() if k != "EMBEDSMITH_API_KEY"},
