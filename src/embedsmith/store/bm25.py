@@ -13,19 +13,19 @@ import re
 from ..errors import InvalidInputError
 
 # What bm25 reads: a record's index_text (e.g. a chunk with its document title in front) or its text.
-_INDEXED = "COALESCE(index_text, text)"
-SEARCH_VIEW = f"CREATE VIEW IF NOT EXISTS records_search AS SELECT seq, {_INDEXED} AS text FROM records"
+INDEXED = "COALESCE(index_text, text)"
+SEARCH_VIEW = f"CREATE VIEW IF NOT EXISTS records_search AS SELECT seq, {INDEXED} AS text FROM records"
 FTS_SCHEMA = (
     "CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5("
     "text, content='records_search', content_rowid='seq', tokenize='porter unicode61 remove_diacritics 2')"
 )
 # Add/remove rows of ``records`` (by a WHERE clause over it) to/from the external-content FTS index.
 INDEX_ROWS = (
-    f"INSERT INTO fts(rowid, text) SELECT seq, {_INDEXED} FROM records WHERE {_INDEXED} IS NOT NULL AND {{where}}"
+    f"INSERT INTO fts(rowid, text) SELECT seq, {INDEXED} FROM records WHERE {INDEXED} IS NOT NULL AND {{where}}"
 )
 UNINDEX_ROWS = (
-    f"INSERT INTO fts(fts, rowid, text) SELECT 'delete', seq, {_INDEXED} FROM records "
-    f"WHERE {_INDEXED} IS NOT NULL AND {{where}}"
+    f"INSERT INTO fts(fts, rowid, text) SELECT 'delete', seq, {INDEXED} FROM records "
+    f"WHERE {INDEXED} IS NOT NULL AND {{where}}"
 )
 
 # A common English stopword list (the words bm25s and Lucene drop), trimmed to what matters for ranking.

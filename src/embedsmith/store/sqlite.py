@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import sqlite3
+import threading
 import time
 import uuid
 import warnings
@@ -46,8 +47,9 @@ from ..types import Encoder, Metric, Precision
 from .ann import FORMAT as ANN_FORMAT
 from .ann import AnnIndex, DamagedIndexError, IndexNotSavedError, IndexSpec, locked, verify_file
 from .base import Candidate, Collection, RecordBatch, Store, VerifyReport, best_first
-from .bm25 import FTS_SCHEMA, INDEX_ROWS, SEARCH_VIEW, UNINDEX_ROWS, match_expression
+from .bm25 import FTS_SCHEMA, INDEX_ROWS, INDEXED, SEARCH_VIEW, UNINDEX_ROWS, match_expression
 from .filters import CompiledFilter, Where, compile_where, sqlite_json_path
+from .lexical import Bm25Index, query_terms
 from .settings import CollectionSettings, OpenOptions, new_identity
 
 FORMAT_VERSION = 3  # 2: FTS5 index for bm25 and hybrid search; 3: records.index_text
@@ -147,6 +149,10 @@ class SqliteCollection(Collection):
         self._live = 0
         self._dead = 0  # deleted rows still in the ANN graph
         self._reader: sqlite3.Connection | None = None
+        self._lex: Bm25Index | None = None  # built on the first BM25 search
+        self._lex_key: tuple[int, int, int] | None = None
+        self._lex_lock = threading.Lock()
+        self._writes = 0  # commits through this handle (data_version counts only other connections')
         with self._errors(), self._lock:
             with self._read():
                 self._index = self._load_index()
@@ -406,6 +412,7 @@ class SqliteCollection(Collection):
                 )
                 db.execute(INDEX_ROWS.format(where="seq >= ?"), (first,))
             # Committed. The index was caught up inside the transaction, so these rows come next.
+            self._writes += 1
             self._index.add(np.arange(first, first + len(ids), dtype=np.int64), vectors)
             self._unsaved += len(ids)
             self._live += len(ids) - replaced
@@ -421,6 +428,7 @@ class SqliteCollection(Collection):
                         n += self._soft_delete(db, f"deleted = 0 AND id IN ({_marks(len(part))})", part)
                 elif flt is not None:
                     n = self._soft_delete(db, "deleted = 0" + flt.and_sql(), flt.params)
+            self._writes += 1
             self._live -= n
             self._dead += n
         return n
@@ -434,6 +442,7 @@ class SqliteCollection(Collection):
                 db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('generation', ?)",
                            (str(self._generation + 1),))
             self._generation += 1
+            self._writes += 1
             before = self._db_bytes()
             self._conn.execute("VACUUM")
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -498,33 +507,74 @@ class SqliteCollection(Collection):
         return -np.abs(vectors - q).sum(axis=1)
 
     def _bm25(self, query: str, n: int, flt: CompiledFilter, *, reader: bool = False) -> list[Candidate]:
-        """Top ``n`` live rows by FTS5 BM25 (score = -bm25(), higher is better), ties by id.
+        """Top ``n`` live rows by BM25 from the in-memory term-document matrix (:mod:`.lexical`), ties by id.
 
-        With ``reader``, runs on a second, read-only connection (from the bm25 worker thread only); a new
-        statement there sees every transaction committed before it started.
+        The matrix is built from the rows on the first BM25 search and caught up before each one (rows past
+        its last sequence number, and the deleted flags when the count of deleted rows changed), so every
+        commit, this handle's or another process's, is searched. With ``reader``, the rows are read on a
+        second, read-only connection (from the bm25 worker thread only, beside a dense search).
         """
-        expr = match_expression(query)
-        if flt.matches_all:
-            # Unfiltered: FTS5's own top-n by rank (deleted rows are already out of the FTS index).
-            stmt = ("SELECT -top.rank, records.id, records.text, records.metadata FROM "
-                    "(SELECT rowid, rank FROM fts WHERE fts MATCH ? ORDER BY rank LIMIT ?) AS top "
-                    "JOIN records ON records.seq = top.rowid")
-            args: tuple[Any, ...] = (expr, n)
-        else:
-            stmt = ("SELECT -fts.rank, records.id, records.text, records.metadata FROM fts "
-                    f"JOIN records ON records.seq = fts.rowid WHERE fts MATCH ? AND records.deleted = 0"
-                    f"{flt.and_sql()} ORDER BY fts.rank LIMIT ?")
-            args = (expr, *flt.params, n)
+        match_expression(query)  # the same checks as ever: a non-empty query with words
+        terms = query_terms(query)
         if reader:
             if self._reader is None:
                 self._reader = _connect_read_only(self._db_path, self._options.lock_timeout,
                                                   immutable=self._immutable)
-            rows = self._reader.execute(stmt, args).fetchall()
-        else:
-            with self._lock:
-                self._check_alive()
-                rows = self._conn.execute(stmt, args).fetchall()
-        return best_first(Candidate(r[0], r[1], r[2], _metadata(r[3])) for r in rows)
+            return self._lexical_top(self._reader, terms, n, flt)
+        with self._lock:
+            self._check_alive()
+            return self._lexical_top(self._conn, terms, n, flt)
+
+    def _lexical_top(self, conn: sqlite3.Connection, terms: list[str], n: int, flt: CompiledFilter
+                     ) -> list[Candidate]:
+        with self._lex_lock:
+            lex = self._lexical(conn)
+            rows, scores = lex.scores(terms)
+            seqs = lex.seqs(rows)
+        found: list[Candidate] = []
+        m = n if flt.matches_all else max(4 * n, 256)
+        order, start = _best_first(scores, seqs, m), 0
+        while True:
+            # Read candidates best first until n pass the filter: the best m, then the next 3m, 12m, ...
+            part = order[start:]
+            by_seq = {int(q): float(sc) for q, sc in zip(seqs[part], scores[part], strict=True)}
+            for chunk in _chunks(list(by_seq)):
+                fetched = conn.execute(
+                    f"SELECT seq, id, text, metadata FROM records WHERE seq IN ({_marks(len(chunk))}) "
+                    f"AND deleted = 0{flt.and_sql()}", (*chunk, *flt.params)).fetchall()
+                found += [Candidate(by_seq[r[0]], r[1], r[2], _metadata(r[3])) for r in fetched]
+            if len(found) >= n or len(order) < m:  # enough, or every scored row was read
+                break
+            start, m = len(order), m * 4
+            order = _best_first(scores, seqs, m)
+        return best_first(found)[:n]
+
+    def _lexical(self, conn: sqlite3.Connection) -> Bm25Index:
+        """The BM25 matrix, caught up with every commit ``conn`` can see (caller holds ``_lex_lock``)."""
+        key = (id(conn), conn.execute("PRAGMA data_version").fetchone()[0], self._writes)
+        if self._lex is not None and key == self._lex_key:
+            return self._lex
+        lex = self._lex if self._lex is not None else Bm25Index()
+        conn.execute("BEGIN")
+        try:
+            row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
+            top = int(row[0]) if row else 0
+            if top > lex.last_seq:
+                cur = conn.execute(f"SELECT seq, {INDEXED} FROM records WHERE seq > ? AND seq <= ? AND deleted = 0 "
+                                   f"AND {INDEXED} IS NOT NULL ORDER BY seq", (lex.last_seq, top))
+                while batch := cur.fetchmany(20_000):
+                    lex.add([r[0] for r in batch], [r[1] for r in batch])
+                lex.last_seq = top
+            dead = conn.execute("SELECT COUNT(*) FROM records INDEXED BY records_dead WHERE deleted = 1").fetchone()[0]
+            if dead != lex.dead_seen:
+                lex.mark_dead(np.fromiter((r[0] for r in conn.execute(
+                    "SELECT seq FROM records INDEXED BY records_dead WHERE deleted = 1")), np.int64))
+                lex.dead_seen = dead
+        finally:
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+        self._lex, self._lex_key = lex, key
+        return lex
 
     def _ann(self, q: np.ndarray, k: int, flt: CompiledFilter, *, ef: int, exact: bool,
              factor: int) -> list[Candidate]:
@@ -725,6 +775,17 @@ class SqliteCollection(Collection):
             if self._reader is not None:
                 self._reader.close()
             self._conn.close()
+
+
+def _best_first(scores: np.ndarray, seqs: np.ndarray, m: int) -> np.ndarray:
+    """Positions of the ``m`` best positive scores (and any tied with the last), best first, ties by sequence
+    number. One partition and one scan: no full sort of a large candidate set."""
+    if m < len(scores):
+        kth = max(float(np.partition(scores, len(scores) - m)[len(scores) - m]), np.nextafter(0, 1))
+        top = np.flatnonzero(scores >= kth)
+    else:
+        top = np.flatnonzero(scores > 0)
+    return top[np.lexsort((seqs[top], -scores[top]))]
 
 
 # -- connections ---------------------------------------------------------------------------------------------
