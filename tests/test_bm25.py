@@ -94,3 +94,63 @@ def test_another_processs_writes_are_searched_at_once(tmp_path):
         subprocess.run([sys.executable, "-c", WRITER, str(tmp_path), top[0]], check=True, capture_output=True)
         assert c.search("quokka", k=3, mode="bm25").ids == ["late"]
         assert top[0] not in c.search("wing slipstream", k=10, mode="bm25").ids
+
+
+def test_the_matrix_is_saved_reloaded_and_rebuilt_when_damaged(tmp_path, monkeypatch):
+    import embedsmith.store.lexical as lexical
+    from embedsmith import IndexRebuildWarning
+
+    ids, texts, queries = cranfield()
+    with open_collection("cran", store=tmp_path, dim=8) as c:
+        c.add_vectors(vectors(len(ids)), ids, texts=texts)
+        c.search(queries[0], k=10, mode="bm25")
+        c.delete(ids[:3])
+        after_delete = c.search(queries[0], k=10, mode="bm25")
+    path = tmp_path / "cran" / lexical.FILE
+    assert path.is_file()
+
+    tokenized: list[str] = []
+    real = lexical.tokenize
+    monkeypatch.setattr(lexical, "tokenize", lambda text: tokenized.append(text) or real(text))
+    with open_collection("cran", store=tmp_path) as c:  # loaded, not rebuilt: only the queries are tokenized
+        assert c.search(queries[0], k=10, mode="bm25") == after_delete
+        assert tokenized == [queries[0]]
+        assert c.verify().ok
+    monkeypatch.setattr(lexical, "tokenize", real)
+
+    path.write_bytes(path.read_bytes()[:500])  # damaged: rebuilt from the rows, with a warning
+    with open_collection("cran", store=tmp_path) as c:
+        report = c.verify()
+        assert not report.ok and report.checks["bm25_file"] == "damaged"
+        with pytest.warns(IndexRebuildWarning, match="BM25 matrix"):
+            assert c.search(queries[0], k=10, mode="bm25") == after_delete
+        c.repair()
+        assert c.verify().ok
+        live = [i for i, x in enumerate(ids) if x not in ids[:3]]
+        for q in queries[1:5]:
+            assert c.search(q, k=10, mode="bm25").ids == reference_ranking(
+                [ids[i] for i in live], [texts[i] for i in live], q, 10)[0]
+
+
+COMPACTOR = """
+import sys
+from embedsmith import open_collection
+with open_collection("cran", store=sys.argv[1]) as c:
+    c.delete(sys.argv[2:])
+    c.compact()
+"""
+
+
+@pytest.mark.filterwarnings("error::embedsmith.IndexRebuildWarning")
+def test_a_compaction_elsewhere_rebuilds_the_matrix(tmp_path):
+    """Rows the other process compacted away were never seen deleted here: the matrix starts again, and
+    closing this handle saves no index older than the compaction."""
+    ids, texts, queries = cranfield()
+    with open_collection("cran", store=tmp_path, dim=8) as c:
+        c.add_vectors(vectors(len(ids)), ids, texts=texts)
+        top = c.search(queries[0], k=5, mode="bm25").ids
+        subprocess.run([sys.executable, "-c", COMPACTOR, str(tmp_path), *top[:2]], check=True, capture_output=True)
+        got = c.search(queries[0], k=5, mode="bm25")
+    with open_collection("cran", store=tmp_path) as fresh:
+        assert got == fresh.search(queries[0], k=5, mode="bm25")
+        assert not set(top[:2]) & set(got.ids)

@@ -18,16 +18,24 @@ the store needs all three.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import re
+import zipfile
 from collections import Counter
 from collections.abc import Sequence
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .ann import DamagedIndexError, IndexNotSavedError, _fsync, _fsync_dir
 from .bm25 import STOPWORDS
+
+FILE = "bm25.npz"
+FORMAT = 1
 
 K1 = 1.2
 B = 0.75
@@ -256,6 +264,73 @@ class Bm25Index:
         for rows, contrib in parts:
             total[rows] += contrib
         return _ALL, total  # dense: the caller picks the best without listing every touched row
+
+    # -- the derived file ----------------------------------------------------------------------------
+    def save(self, folder: Path, *, identity: str, generation: int) -> None:
+        """Write ``bm25.npz`` atomically: the rows, their lengths, the terms and the postings, stamped with the
+        collection's identity, compaction generation and last sequence number. Deleted flags are not kept:
+        they are read from the database after a load.
+
+        Raises:
+            OSError: the folder cannot be written (callers warn; the rows are safe in SQLite).
+        """
+        if self._pending:  # one block on disk
+            self._main = _joined([self._main.triples(), *self._pending], len(self.vocab))
+            self._pending, self._pending_nnz, self._delta = [], 0, None
+        stamp = {"format": FORMAT, "identity": identity, "generation": generation, "last_seq": self.last_seq,
+                 "rows": self._seqs.n, "terms": len(self.vocab)}
+        tmp = folder / f".{FILE}.{os.getpid()}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                np.savez(f, stamp=np.array(json.dumps(stamp)), seqs=self._seqs.view, lengths=self._lengths.view,
+                         terms=np.array(list(self.vocab), dtype=str), indptr=self._main.indptr,
+                         rows=self._main.rows, tfs=self._main.tfs)
+            _fsync(tmp)
+            os.replace(tmp, folder / FILE)
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_dir(folder)
+
+    @classmethod
+    def load(cls, folder: Path, *, identity: str, generation: int) -> Bm25Index:
+        """The saved matrix, if it is this collection's and of this compaction generation.
+
+        Raises:
+            IndexNotSavedError: there is no file, or it predates the last compaction (both normal).
+            DamagedIndexError: the file is unreadable, damaged or another collection's.
+        """
+        path = folder / FILE
+        if not path.is_file():
+            raise IndexNotSavedError("no BM25 matrix file")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                stamp = json.loads(str(z["stamp"]))
+                if stamp.get("format") != FORMAT or stamp.get("identity") != identity:
+                    raise DamagedIndexError("the BM25 matrix file belongs to another collection or format")
+                if stamp.get("generation") != generation:
+                    raise IndexNotSavedError("the BM25 matrix file predates the last compaction")
+                arrays = {k: z[k] for k in ("seqs", "lengths", "terms", "indptr", "rows", "tfs")}
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+            raise DamagedIndexError(f"the BM25 matrix file is unreadable ({exc})") from exc
+        seqs, lengths, terms, indptr = arrays["seqs"], arrays["lengths"], arrays["terms"], arrays["indptr"]
+        n = len(seqs)
+        nnz = len(arrays["rows"])
+        if (n != stamp.get("rows") or len(lengths) != n or len(terms) != stamp.get("terms")
+                or len(indptr) != len(terms) + 1 or int(indptr[-1]) != nnz or len(arrays["tfs"]) != nnz
+                or (n and (np.any(np.diff(seqs) <= 0) or seqs[-1] > int(stamp["last_seq"])))
+                or (len(arrays["rows"]) and int(arrays["rows"].max()) >= n)):
+            raise DamagedIndexError("the BM25 matrix file is inconsistent")
+        index = cls()
+        index.vocab = {str(t): i for i, t in enumerate(terms.tolist())}
+        index._seqs.extend(seqs)
+        index._lengths.extend(lengths)
+        index._alive.extend(np.ones(n, np.bool_))
+        index._live_count, index._live_tokens = n, float(lengths.astype(np.float64).sum())
+        index._main = _Postings.__new__(_Postings)
+        index._main.indptr, index._main.rows, index._main.tfs = indptr, arrays["rows"], arrays["tfs"]
+        index.last_seq = int(stamp["last_seq"])
+        index.dead_seen = -1  # read the deleted flags from the database before the first search
+        return index
 
     def seqs(self, rows: np.ndarray) -> np.ndarray:
         return self._seqs.view if rows is _ALL else self._seqs.view[rows]

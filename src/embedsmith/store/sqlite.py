@@ -49,6 +49,7 @@ from .ann import AnnIndex, DamagedIndexError, IndexNotSavedError, IndexSpec, loc
 from .base import Candidate, Collection, RecordBatch, Store, VerifyReport, best_first
 from .bm25 import FTS_SCHEMA, INDEX_ROWS, INDEXED, SEARCH_VIEW, UNINDEX_ROWS, match_expression
 from .filters import CompiledFilter, Where, compile_where, sqlite_json_path
+from .lexical import FILE as LEX_FILE
 from .lexical import Bm25Index, query_terms
 from .settings import CollectionSettings, OpenOptions, new_identity
 
@@ -151,6 +152,8 @@ class SqliteCollection(Collection):
         self._reader: sqlite3.Connection | None = None
         self._lex: Bm25Index | None = None  # built on the first BM25 search
         self._lex_key: tuple[int, int, int] | None = None
+        self._lex_generation = -1
+        self._lex_unsaved = False
         self._lex_lock = threading.Lock()
         self._writes = 0  # commits through this handle (data_version counts only other connections')
         with self._errors(), self._lock:
@@ -355,6 +358,11 @@ class SqliteCollection(Collection):
                     if not self._still_ours():  # deleted or replaced meanwhile: never save into another's folder
                         self._gone = True
                         return
+                    try:
+                        with self._read():  # compacted elsewhere since this handle last looked: take that index
+                            self._check_meta()
+                    except CollectionNotFoundError:  # deleted meanwhile
+                        return
                     self._index.save(self.folder, identity=str(self.settings.identity),
                                      generation=self._generation, force=force)
                 self._unsaved = 0
@@ -362,6 +370,7 @@ class SqliteCollection(Collection):
                 warnings.warn(f"could not save the ANN index of collection {self.name!r} ({exc}); the records are "
                               "safe in the database, and the save is retried later", IndexSaveWarning, stacklevel=3)
             self._last_save = time.monotonic()
+        self._save_lexical()
 
     def _after_write(self) -> None:
         due = self._unsaved >= self._options.save_every or (
@@ -550,21 +559,32 @@ class SqliteCollection(Collection):
         return best_first(found)[:n]
 
     def _lexical(self, conn: sqlite3.Connection) -> Bm25Index:
-        """The BM25 matrix, caught up with every commit ``conn`` can see (caller holds ``_lex_lock``)."""
+        """The BM25 matrix, caught up with every commit ``conn`` can see (caller holds ``_lex_lock``).
+
+        First use loads ``bm25.npz`` when it is this collection's and of its compaction generation (a
+        damaged one is rebuilt with a warning); a compaction anywhere starts it again, since the rows it
+        dropped may never have been seen deleted.
+        """
         key = (id(conn), conn.execute("PRAGMA data_version").fetchone()[0], self._writes)
         if self._lex is not None and key == self._lex_key:
             return self._lex
-        lex = self._lex if self._lex is not None else Bm25Index()
         conn.execute("BEGIN")
         try:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+            generation = int(row[0]) if row else 0
             row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
             top = int(row[0]) if row else 0
+            if self._lex is None or self._lex_generation != generation:
+                self._lex, self._lex_generation = self._load_lexical(generation, top), generation
+                self._lex_unsaved = True
+            lex = self._lex
             if top > lex.last_seq:
                 cur = conn.execute(f"SELECT seq, {INDEXED} FROM records WHERE seq > ? AND seq <= ? AND deleted = 0 "
                                    f"AND {INDEXED} IS NOT NULL ORDER BY seq", (lex.last_seq, top))
                 while batch := cur.fetchmany(20_000):
                     lex.add([r[0] for r in batch], [r[1] for r in batch])
                 lex.last_seq = top
+                self._lex_unsaved = True
             dead = conn.execute("SELECT COUNT(*) FROM records INDEXED BY records_dead WHERE deleted = 1").fetchone()[0]
             if dead != lex.dead_seen:
                 lex.mark_dead(np.fromiter((r[0] for r in conn.execute(
@@ -573,8 +593,35 @@ class SqliteCollection(Collection):
         finally:
             if conn.in_transaction:
                 conn.execute("COMMIT")
-        self._lex, self._lex_key = lex, key
+        self._lex_key = key
         return lex
+
+    def _load_lexical(self, generation: int, top: int) -> Bm25Index:
+        try:
+            lex = Bm25Index.load(self.folder, identity=str(self.settings.identity), generation=generation)
+            if lex.last_seq > top:
+                raise DamagedIndexError(f"its stamp ({lex.last_seq}) is past the database's last write ({top})")
+            return lex
+        except DamagedIndexError as exc:
+            if not isinstance(exc, IndexNotSavedError):
+                warnings.warn(f"BM25 matrix of collection {self.name!r} is unusable ({exc}); rebuilding it from "
+                              "the database", IndexRebuildWarning, stacklevel=8)
+            return Bm25Index()
+
+    def _save_lexical(self) -> None:
+        """Write ``bm25.npz`` if the matrix changed since it was loaded (a failure is a warning)."""
+        with self._lex_lock:
+            if (self._lex is None or not self._lex_unsaved or self.read_only or not self._still_ours()
+                    or self._lex_generation != self._generation):  # compacted since: rebuilt when next used
+                return
+            try:
+                with locked(self.folder / "ann.lock"):
+                    self._lex.save(self.folder, identity=str(self.settings.identity),
+                                   generation=self._lex_generation)
+                self._lex_unsaved = False
+            except OSError as exc:
+                warnings.warn(f"could not save the BM25 matrix of collection {self.name!r} ({exc}); it is rebuilt "
+                              "from the database when needed", IndexSaveWarning, stacklevel=4)
 
     def _ann(self, q: np.ndarray, k: int, flt: CompiledFilter, *, ef: int, exact: bool,
              factor: int) -> list[Candidate]:
@@ -746,6 +793,18 @@ class SqliteCollection(Collection):
                                            f"has {held} rows up to its stamp; repair rebuilds it")
                     report.checks["index_file"] = {"file": stamp.get("file"), "last_seq": stamp.get("last_seq"),
                                                    "vectors": stamp.get("ntotal")}
+                try:
+                    lex = Bm25Index.load(self.folder, identity=str(self.settings.identity),
+                                         generation=self._generation)
+                    report.checks["bm25_file"] = {"last_seq": lex.last_seq, "rows": len(lex)}
+                    if lex.last_seq > top:
+                        report.problem(f"the BM25 matrix file is stamped {lex.last_seq}, past the last write {top}; "
+                                       "repair removes it")
+                except IndexNotSavedError:
+                    report.checks["bm25_file"] = "not saved yet (built from the rows on the first bm25 search)"
+                except DamagedIndexError as exc:
+                    report.checks["bm25_file"] = "damaged"
+                    report.problem(f"{exc}; repair removes it (it is rebuilt from the rows)")
                 in_memory = self._rows_through(self._index.last_seq)
                 if in_memory != self._index.ntotal:
                     report.problem(f"this handle's ANN index holds {self._index.ntotal} vectors; the database has "
@@ -764,13 +823,18 @@ class SqliteCollection(Collection):
                 bm25_rows = db.execute("SELECT COUNT(*) FROM records WHERE deleted = 0 AND "
                                        "COALESCE(index_text, text) IS NOT NULL").fetchone()[0]
             vectors = self._rebuild_index()
+            with self._lex_lock:  # rebuilt from the rows on the next bm25 search, and saved on close
+                (self.folder / LEX_FILE).unlink(missing_ok=True)
+                self._lex, self._lex_key = None, None
             return {"ann_vectors": vectors, "bm25_rows": int(bm25_rows)}
 
     def _close(self) -> None:
-        """Save the ANN index if it changed (and the collection is still this handle's), close the database."""
+        """Save the ANN index and the BM25 matrix if they changed (and the collection is still this handle's),
+        close the database."""
         try:
             if self._unsaved and self._still_ours():
                 self.save_index()
+            self._save_lexical()
         finally:
             if self._reader is not None:
                 self._reader.close()
