@@ -3,8 +3,8 @@
 Corpus: ``--n`` documents of 3-8 real sentences each, drawn from Cranfield abstracts (../shared/data, split at
 sentence ends). Queries: Cranfield's 225 queries (the first ``--queries``), one per call, k=10, texts
 returned. Peers: bm25s with its numpy backend, PyStemmer's English stemmer and English stopwords (query
-tokenization included in its time, as ours includes ours), and, for the record, the store's previous
-engine, SQLite FTS5 (Porter, OR of the query words).
+tokenization included in its time, as ours includes ours). The store's previous engine, SQLite FTS5, is
+gone from the schema; its figures are in benchmarks/README.md.
 
     python benchmarks/bm25.py --n 100000
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sqlite3
 import statistics
 import tempfile
 import time
@@ -54,7 +53,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--queries", type=int, default=200)
-    ap.add_argument("--no-fts", action="store_true", help="skip the FTS5 row (slow: tens of ms per query)")
     args = ap.parse_args()
 
     docs, queries = corpus(args.n)
@@ -91,16 +89,6 @@ def main() -> None:
         ours = timed(lambda q: c.search(q, k=10, mode="bm25"), queries)
         hits = c.search(queries[1], k=10, mode="bm25")
         assert len(hits) == 10 and all(hits.texts)
-        fts: list[float] = []
-        if not args.no_fts:
-            from embedsmith.store.bm25 import match_expression
-
-            db = sqlite3.connect(Path(tmp) / "bm25" / "collection.sqlite")
-            stmt = ("SELECT -top.rank, records.id, records.text, records.metadata FROM "
-                    "(SELECT rowid, rank FROM fts WHERE fts MATCH ? ORDER BY rank LIMIT 10) AS top "
-                    "JOIN records ON records.seq = top.rowid")
-            fts = timed(lambda q: db.execute(stmt, (match_expression(q),)).fetchall(), queries[:50])
-            db.close()
         c.close()  # saves the matrix (bm25.npz) beside the database
         t = time.perf_counter()
         with open_collection("bm25", store=tmp) as again:
@@ -110,8 +98,6 @@ def main() -> None:
 
     rows.append(("bm25s (numpy, Snowball, stopwords)", peer_build, peer_times))
     rows.append(("embedsmith bm25 (term-document matrix)", build, ours))
-    if fts:
-        rows.append(("embedsmith before: SQLite FTS5 (50 queries)", float("nan"), fts))
     peer_p50 = pct(peer_times, 50)
     print(f"\n{len(docs):,} documents of 3-8 Cranfield sentences, {len(queries)} Cranfield queries, k=10, "
           f"texts returned; store write {write:.1f} s; reopen + first bm25 search from the saved matrix "

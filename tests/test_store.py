@@ -45,7 +45,7 @@ def test_newer_format_is_refused(tmp_path):
     db.execute("UPDATE meta SET value = '99' WHERE key = 'format_version'")
     db.commit()
     db.close()
-    with pytest.raises(StoreError, match="store format 99; this embedsmith reads up to 3"):
+    with pytest.raises(StoreError, match="store format 99; this embedsmith reads up to 4"):
         open_collection("c", store=tmp_path)
 
 
@@ -53,14 +53,45 @@ def test_format_1_store_is_upgraded_in_place(tmp_path, vecs):
     with make(tmp_path) as c:
         c.add_vectors(vecs[:3], ["a", "b", "c"], texts=["zebra crossing", "lift and drag", None])
     db = sqlite3.connect(tmp_path / "c" / "collection.sqlite")
-    db.executescript("DROP TABLE fts; DROP VIEW records_search; DROP INDEX records_dead; "
+    db.executescript("DROP INDEX records_dead; "
                      "ALTER TABLE records DROP COLUMN index_text; UPDATE meta SET value = '1' "
                      "WHERE key = 'format_version';")
     db.close()
     with open_collection("c", store=tmp_path) as c:
         assert c.search("zebra", k=3, mode="bm25").ids == ["a"]
     db = sqlite3.connect(tmp_path / "c" / "collection.sqlite")
-    assert db.execute("SELECT value FROM meta WHERE key = 'format_version'").fetchone()[0] == "3"
+    assert db.execute("SELECT value FROM meta WHERE key = 'format_version'").fetchone()[0] == "4"
+    db.close()
+
+
+FORMAT_3_FTS = """
+CREATE VIEW records_search AS SELECT seq, COALESCE(index_text, text) AS text FROM records;
+CREATE VIRTUAL TABLE fts USING fts5(text, content='records_search', content_rowid='seq',
+                                    tokenize='porter unicode61 remove_diacritics 2');
+INSERT INTO fts(rowid, text) SELECT seq, COALESCE(index_text, text) FROM records
+    WHERE COALESCE(index_text, text) IS NOT NULL AND deleted = 0;
+UPDATE meta SET value = '3' WHERE key = 'format_version';
+"""
+
+
+def test_format_3_store_loses_its_fts5_index_when_opened(tmp_path, vecs):
+    """Format 3 kept an FTS5 index beside the rows; BM25 no longer reads it, and a writable open drops the FTS
+    tables (format 4)."""
+    with make(tmp_path) as c:
+        c.add_vectors(vecs[:3], ["a", "b", "c"], texts=["zebra crossing", "lift and drag", None])
+    path = tmp_path / "c" / "collection.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(FORMAT_3_FTS)
+    db.close()
+    (tmp_path / "c" / "bm25.npz").unlink(missing_ok=True)
+    with open_collection("c", store=tmp_path) as c:
+        assert c.search("zebra", k=3, mode="bm25").ids == ["a"]
+        assert c.search("lift", k=3, mode="bm25").ids == ["b"]
+        assert c.verify().ok
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT value FROM meta WHERE key = 'format_version'").fetchone()[0] == "4"
+    assert db.execute("SELECT name FROM sqlite_master WHERE name LIKE 'fts%' OR name = 'records_search'"
+                      ).fetchall() == []
     db.close()
 
 

@@ -1,9 +1,7 @@
-"""BM25 over SQLite FTS5, kept in the same transactions as the records it indexes.
+"""What both backends share about BM25: what a record offers to it, the stopwords, and the query check.
 
-FTS5's ``bm25()`` is Okapi BM25 (k1=1.2, b=0.75) over its own tokens; we use the Porter stemmer over
-``unicode61`` tokens. Queries are cut into words, English stopwords dropped, each word quoted (FTS5's
-query syntax rejects most punctuation) and the words joined with OR (FTS5's default is AND, which
-would demand every word).
+The embedded store scores from a term-document matrix (:mod:`.lexical`); PostgreSQL in SQL over
+``to_tsvector('english')`` (:mod:`.pgvector`). SQLite FTS5, used before, is gone from the schema (format 4).
 """
 
 from __future__ import annotations
@@ -14,19 +12,6 @@ from ..errors import InvalidInputError
 
 # What bm25 reads: a record's index_text (e.g. a chunk with its document title in front) or its text.
 INDEXED = "COALESCE(index_text, text)"
-SEARCH_VIEW = f"CREATE VIEW IF NOT EXISTS records_search AS SELECT seq, {INDEXED} AS text FROM records"
-FTS_SCHEMA = (
-    "CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5("
-    "text, content='records_search', content_rowid='seq', tokenize='porter unicode61 remove_diacritics 2')"
-)
-# Add/remove rows of ``records`` (by a WHERE clause over it) to/from the external-content FTS index.
-INDEX_ROWS = (
-    f"INSERT INTO fts(rowid, text) SELECT seq, {INDEXED} FROM records WHERE {INDEXED} IS NOT NULL AND {{where}}"
-)
-UNINDEX_ROWS = (
-    f"INSERT INTO fts(fts, rowid, text) SELECT 'delete', seq, {INDEXED} FROM records "
-    f"WHERE {INDEXED} IS NOT NULL AND {{where}}"
-)
 
 # A common English stopword list (the words bm25s and Lucene drop), trimmed to what matters for ranking.
 STOPWORDS = frozenset(

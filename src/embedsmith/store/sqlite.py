@@ -47,13 +47,16 @@ from ..types import Encoder, Metric, Precision
 from .ann import FORMAT as ANN_FORMAT
 from .ann import AnnIndex, DamagedIndexError, IndexNotSavedError, IndexSpec, locked, verify_file
 from .base import Candidate, Collection, RecordBatch, Store, VerifyReport, best_first
-from .bm25 import FTS_SCHEMA, INDEX_ROWS, INDEXED, SEARCH_VIEW, UNINDEX_ROWS, match_expression
+from .bm25 import INDEXED, match_expression
 from .filters import CompiledFilter, Where, compile_where, sqlite_json_path
 from .lexical import FILE as LEX_FILE
 from .lexical import Bm25Index, query_terms
 from .settings import CollectionSettings, OpenOptions, new_identity
 
-FORMAT_VERSION = 3  # 2: FTS5 index for bm25 and hybrid search; 3: records.index_text
+# 2: FTS5 index for bm25 and hybrid search; 3: records.index_text; 4: no FTS5 (bm25 is the derived matrix of
+# store/lexical.py). Format 3 is read as it is (its FTS tables are ignored); opening it writable upgrades it.
+FORMAT_VERSION = 4
+_READABLE_FROM = 3
 DB_NAME = "collection.sqlite"
 _SQL_VARS = 900  # ids per statement: far below any SQLite build's host-parameter limit
 
@@ -70,7 +73,7 @@ CREATE TABLE IF NOT EXISTS records(
 );
 CREATE UNIQUE INDEX IF NOT EXISTS records_live_id ON records(id) WHERE deleted = 0;
 CREATE INDEX IF NOT EXISTS records_dead ON records(seq) WHERE deleted = 1;
-""" + SEARCH_VIEW + ";\n" + FTS_SCHEMA + ";"
+"""
 
 
 class IndexRebuildWarning(RuntimeWarning):
@@ -394,8 +397,7 @@ class SqliteCollection(Collection):
 
     @staticmethod
     def _soft_delete(db: sqlite3.Connection, cond: str, params: Sequence[Any]) -> int:
-        """Flag rows deleted and drop them from the FTS index, inside the caller's transaction."""
-        db.execute(UNINDEX_ROWS.format(where=cond), tuple(params))
+        """Flag rows deleted, inside the caller's transaction."""
         return int(db.execute(f"UPDATE records SET deleted = 1 WHERE {cond}", tuple(params)).rowcount)
 
     def _insert(
@@ -419,7 +421,6 @@ class SqliteCollection(Collection):
                     "INSERT INTO records(id, text, metadata, vector, index_text) VALUES (?, ?, ?, ?, ?)",
                     zip(ids, texts, meta, (row.tobytes() for row in vectors), extra, strict=True),
                 )
-                db.execute(INDEX_ROWS.format(where="seq >= ?"), (first,))
             # Committed. The index was caught up inside the transaction, so these rows come next.
             self._writes += 1
             self._index.add(np.arange(first, first + len(ids), dtype=np.int64), vectors)
@@ -712,7 +713,7 @@ class SqliteCollection(Collection):
             try:
                 self._conn.backup(dst)
                 dst.execute("PRAGMA journal_mode=DELETE")
-                # Deleted rows are out of the FTS index already; the snapshot holds live records only.
+                # The snapshot holds live records only.
                 dst.execute("DELETE FROM records WHERE deleted = 1")
                 dst.execute("VACUUM")
                 return int(dst.execute("SELECT COUNT(*) FROM records WHERE deleted = 0").fetchone()[0])
@@ -754,12 +755,6 @@ class SqliteCollection(Collection):
                 report.problem(f"database: {line}")
             if rows != ["ok"]:
                 return  # nothing else can be trusted; restore a snapshot
-            try:
-                self._conn.execute("INSERT INTO fts(fts) VALUES ('integrity-check')")
-                report.checks["bm25_index"] = "ok"
-            except sqlite3.DatabaseError as exc:
-                report.checks["bm25_index"] = "damaged"
-                report.problem(f"the BM25 (FTS5) index does not match the rows ({exc}); repair rebuilds it")
             meta = dict(self._conn.execute("SELECT key, value FROM meta"))
             try:
                 stored = CollectionSettings.from_meta(meta)
@@ -813,7 +808,6 @@ class SqliteCollection(Collection):
     def _repair(self) -> dict[str, Any]:
         with self._lock:
             with self._write() as db:
-                db.execute("INSERT INTO fts(fts) VALUES ('rebuild')")
                 if not self.settings.identity:
                     identity = new_identity()
                     db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('identity', ?)", (identity,))
@@ -898,7 +892,8 @@ def _open_connection(folder: Path, lock_timeout: float) -> tuple[sqlite3.Connect
 def _upgrade(conn: sqlite3.Connection, name: str, version: int) -> None:
     """Bring an older store up to this format in one transaction.
 
-    Format 1 had no FTS index, format 2 no ``index_text`` column; the FTS index is rebuilt from live rows.
+    Format 1 had no FTS index, format 2 no ``index_text`` column, formats 2 and 3 an FTS5 index, which
+    BM25 no longer reads: it is dropped.
     """
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -906,10 +901,8 @@ def _upgrade(conn: sqlite3.Connection, name: str, version: int) -> None:
         if "index_text" not in columns:
             conn.execute("ALTER TABLE records ADD COLUMN index_text TEXT")
         conn.execute("DROP TABLE IF EXISTS fts")
-        conn.execute(SEARCH_VIEW)
-        conn.execute(FTS_SCHEMA)
+        conn.execute("DROP VIEW IF EXISTS records_search")
         conn.execute("CREATE INDEX IF NOT EXISTS records_dead ON records(seq) WHERE deleted = 1")
-        conn.execute(INDEX_ROWS.format(where="deleted = 0"))
         conn.execute("UPDATE meta SET value = ? WHERE key = 'format_version'", (str(FORMAT_VERSION),))
         conn.execute("COMMIT")
     except BaseException:
@@ -999,7 +992,7 @@ class FolderStore(Store):
                 )
             if version < FORMAT_VERSION or not meta.get("identity"):
                 if read_only:
-                    if version < FORMAT_VERSION:
+                    if version < _READABLE_FROM:
                         raise StoreReadOnlyError(f"collection {name!r} has the older store format {version}; open it "
                                                  "once as a user who can write it, to upgrade it")
                 else:
@@ -1086,7 +1079,6 @@ def write_snapshot(path: Path, settings: CollectionSettings, batches: Iterator[R
                 zip(b.ids, b.texts, (json.dumps(m, ensure_ascii=False) for m in b.metadata),
                     (np.ascontiguousarray(v, np.float32).tobytes() for v in b.vectors), extra, strict=True))
             n += len(b.ids)
-        conn.execute(INDEX_ROWS.format(where="deleted = 0"))
         conn.execute("COMMIT")
     finally:
         conn.close()
