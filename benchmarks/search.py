@@ -242,6 +242,10 @@ def ours(args, precision, data, queries, truth, row, faiss_qps, faiss_add_rate):
             note=f"x faiss-HNSW {qps / faiss_qps:.2f}; add rate x faiss {(n / build) / faiss_add_rate:.2f}; "
                  f"open {open_s:.2f}s; payload {payload} B/vec; index file {index_file / n:.0f} B/vec; "
                  f"disk {disk / n:.0f} B/vec")
+        qps, hits = loop_qps(lambda q, coll=coll: coll.search(q, k=k, include=["ids", "scores"]), queries)
+        found = [np.array([int(i) for i in h.ids]) for h in hits]
+        row(f"embedsmith Collection.search ({precision}), include ids + scores", build, qps, recall(found, truth),
+            note=f"x faiss-HNSW {qps / faiss_qps:.2f}")
         coll.close()
     finally:
         shutil.rmtree(store, ignore_errors=True)

@@ -301,3 +301,23 @@ def test_reembed_copies_records_with_another_encoder_and_resumes(store, minilm_o
     assert again["count"] == 4 and not again["resumed"]
     with pytest.raises(InvalidInputError, match="target other than the source"):
         reembed_collection("src", "src", minilm_onnx, store=store)
+
+
+def test_include_leaves_texts_and_metadata_out(store, vecs):
+    """`include` (as Chroma's): ids and scores always; texts and metadata only when asked, in every mode."""
+    with make(store, "inc") as c:
+        texts = [f"note {i} on wing flutter" for i in range(200)]
+        c.add_vectors(vecs[:200], [f"r{i}" for i in range(200)], texts=texts, metadata=[{"n": i} for i in range(200)])
+        full = c.search(vecs[3], k=5)
+        light = c.search(vecs[3], k=5, include=["ids", "scores"])
+        assert light.ids == full.ids and light.scores == full.scores
+        assert light.texts == [None] * 5 and light.metadata == [{}] * 5
+        meta = c.search(vecs[3], k=5, include=["metadata"])
+        assert meta.metadata == full.metadata and meta.texts == [None] * 5 and meta.ids == full.ids
+        words = c.search("note 7 flutter", k=3, mode="bm25", include=["texts"])
+        assert words.texts == c.search("note 7 flutter", k=3, mode="bm25").texts and words.metadata == [{}] * 3
+        filtered = c.search(vecs[3], k=5, where={"n": {"$lt": 100}}, include=[])
+        assert filtered.ids == c.search(vecs[3], k=5, where={"n": {"$lt": 100}}).ids
+        for bad in (["vectors"], "texts", [1]):
+            with pytest.raises(InvalidInputError, match="include"):
+                c.search(vecs[3], k=5, include=bad)

@@ -197,7 +197,7 @@ class Collection(abc.ABC):
 
     @abc.abstractmethod
     def _ann(self, q: np.ndarray, k: int, flt: CompiledFilter, *, ef: int, exact: bool,
-             factor: int) -> list[Candidate]:
+             factor: int, light: bool = False) -> list[Candidate]:
         """Top ``k`` live rows passing ``flt`` from the vector index (brute force over it with ``exact``),
         ``factor`` times ``k`` fetched and rescored with the full vectors when the index holds approximate
         codes. Best first."""
@@ -522,14 +522,15 @@ class Collection(abc.ABC):
         return q.astype(np.float32)
 
     def _dense(self, q: np.ndarray, k: int, flt: CompiledFilter, *, ef: int, exact: bool,
-               rescore: int | None) -> list[Candidate]:
+               rescore: int | None, light: bool = False) -> list[Candidate]:
         """Top ``k`` by vector similarity: the index (graph, or brute force below ``exact_below``), rescored
-        when it holds approximate codes, and an exact scan of the matching rows when the graph came up short."""
+        when it holds approximate codes, and an exact scan of the matching rows when the graph came up short.
+        ``light``: ids and scores are enough (a backend may leave texts and metadata unread)."""
         s = self.settings
         approximate = s.precision is not Precision.FLOAT32 or s.dims < s.dim
         factor = rescore or (10 if s.precision is Precision.BINARY else 4 if approximate else 1)
         use_exact = exact or self._count_estimate() <= self.exact_below
-        hits = self._ann(q, k, flt, ef=ef, exact=use_exact, factor=factor)
+        hits = self._ann(q, k, flt, ef=ef, exact=use_exact, factor=factor, light=light)
         if len(hits) < k and self._count(flt) > len(hits):
             hits = self._scan(q, k, flt)
         return hits
@@ -551,6 +552,7 @@ class Collection(abc.ABC):
         candidates: int | None = None,
         rerank: Reranker | None = None,
         group_by: str | None = None,
+        include: Sequence[str] | None = None,
     ) -> Hits:
         """Search the collection.
 
@@ -573,6 +575,9 @@ class Collection(abc.ABC):
             rerank: a :class:`~embedsmith.rerankers.Reranker`: the first stage's candidates are reranked and
                 the top k returned with the reranker's probability as score (logit and first-stage score kept).
             group_by: a metadata field (e.g. 'source'): keep only the best hit per value.
+            include: what hits carry besides ids and scores: 'texts', 'metadata' (default both). Leaving them
+                out lets a dense search skip reading them (as Chroma's ``include``); hits then hold None
+                texts and empty metadata.
 
         Returns:
             :class:`Hits`, best first, ties broken by id. Dense scores are higher-is-better (negated
@@ -582,7 +587,7 @@ class Collection(abc.ABC):
 
         request = SearchRequest.checked(query, k, mode=mode, ef=ef if ef is not None else self.ef_search,
                                         exact=exact, rescore=rescore, fusion=fusion, alpha=alpha, rrf_k=rrf_k,
-                                        candidates=candidates, rerank=rerank, group_by=group_by)
+                                        candidates=candidates, rerank=rerank, group_by=group_by, include=include)
         return run_search(self, request, self._compile_where(where))
 
     def _bm25_worker(self) -> ThreadPoolExecutor:

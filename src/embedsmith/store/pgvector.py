@@ -474,7 +474,7 @@ class PgCollection(Collection):
             cur.close()
 
     def _ann(self, q: np.ndarray, k: int, flt: CompiledFilter, *, ef: int, exact: bool,
-             factor: int) -> list[Candidate]:
+             factor: int, light: bool = False) -> list[Candidate]:
         if exact:
             return self._scan(q, k, flt)
         s = self.settings

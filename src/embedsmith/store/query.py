@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 MODES = ("dense", "bm25", "hybrid")
 HYBRID_POOL = 100  # each list contributes at least its top 100 to the fusion
 MAX_K = 10_000  # hits (and rerank candidates) one search may ask for
+INCLUDABLE = frozenset({"texts", "metadata"})  # what hits may carry besides ids and scores
 
 
 class Fusion(Protocol):
@@ -85,11 +86,12 @@ class SearchRequest:
     candidates: int | None
     rerank: Reranker | None
     group_by: str | None
+    include: frozenset[str] = INCLUDABLE
 
     @classmethod
     def checked(cls, query: Any, k: Any, *, mode: str, ef: Any, exact: bool, rescore: Any, fusion: str,
                 alpha: float, rrf_k: int, candidates: Any, rerank: Reranker | None,
-                group_by: str | None) -> SearchRequest:
+                group_by: str | None, include: Sequence[str] | None = None) -> SearchRequest:
         k = positive_int(k, "k")
         if k > MAX_K:
             raise InvalidInputError(f"k={k} is more hits than one search returns (at most {MAX_K}); page with a filter")
@@ -115,7 +117,20 @@ class SearchRequest:
             check_string(query, "query")
         if group_by is not None and (not isinstance(group_by, str) or not group_by):
             raise InvalidInputError(f"group_by must be a metadata field name, got {group_by!r}")
-        return cls(query, k, mode, ef, bool(exact), rescore, strategy, candidates, rerank, group_by)
+        shown = INCLUDABLE
+        if include is not None:
+            if isinstance(include, str) or not all(isinstance(x, str) for x in include):
+                raise InvalidInputError(f"include must be a list of names, got {include!r}")
+            unknown = sorted(set(include) - INCLUDABLE - {"ids", "scores"})
+            if unknown:
+                raise InvalidInputError(f"include: unknown {unknown[0]!r}; choose from ids, scores, texts, metadata")
+            shown = frozenset(include) & INCLUDABLE
+        return cls(query, k, mode, ef, bool(exact), rescore, strategy, candidates, rerank, group_by, shown)
+
+    @property
+    def light(self) -> bool:
+        """Only ids and scores leave the search, and nothing in it reads texts or metadata."""
+        return not self.include and self.rerank is None and self.group_by is None
 
     @property
     def first_stage(self) -> int:
@@ -137,7 +152,8 @@ def group_key(c: Candidate, field: str) -> Any:
 def first_stage(coll: Collection, r: SearchRequest, flt: CompiledFilter) -> list[Candidate]:
     n = r.first_stage
     if r.mode == "dense":
-        return coll._dense(coll._query_vector(r.query), n, flt, ef=r.ef, exact=r.exact, rescore=r.rescore)
+        return coll._dense(coll._query_vector(r.query), n, flt, ef=r.ef, exact=r.exact, rescore=r.rescore,
+                           light=r.light)
     if r.mode == "bm25":
         return coll._bm25(str(r.query), n, flt)
     pool = max(n, r.candidates or 0, HYBRID_POOL)
@@ -154,6 +170,15 @@ def first_stage(coll: Collection, r: SearchRequest, flt: CompiledFilter) -> list
 def hits_of(cands: Sequence[Candidate]) -> Hits:
     return Hits(ids=[c.id for c in cands], scores=[float(c.score) for c in cands], texts=[c.text for c in cands],
                 metadata=[c.metadata for c in cands])
+
+
+def shown(hits: Hits, include: frozenset[str]) -> Hits:
+    """``hits`` with only what the caller asked for: texts None and metadata empty when left out."""
+    if include == INCLUDABLE:
+        return hits
+    n = len(hits.ids)
+    return replace(hits, texts=hits.texts if "texts" in include else [None] * n,
+                   metadata=hits.metadata if "metadata" in include else [{} for _ in range(n)])
 
 
 def rerank_candidates(r: SearchRequest, reranker: Reranker, ranked: list[Candidate]) -> Hits:
@@ -176,8 +201,8 @@ def run_search(coll: Collection, r: SearchRequest, flt: CompiledFilter) -> Hits:
         field = r.group_by
         ranked = best_per_group(ranked, lambda c: group_key(c, field))
     if r.rerank is None:
-        return hits_of(ranked[: r.k])
-    return rerank_candidates(r, r.rerank, ranked)
+        return shown(hits_of(ranked[: r.k]), r.include)
+    return shown(rerank_candidates(r, r.rerank, ranked), r.include)
 
 
 __all__ = ["MODES", "Fusion", "RrfFusion", "SearchRequest", "WeightedFusion", "fusion_for", "group_key",

@@ -625,7 +625,7 @@ class SqliteCollection(Collection):
                               "from the database when needed", IndexSaveWarning, stacklevel=4)
 
     def _ann(self, q: np.ndarray, k: int, flt: CompiledFilter, *, ef: int, exact: bool,
-             factor: int) -> list[Candidate]:
+             factor: int, light: bool = False) -> list[Candidate]:
         s = self.settings
         approximate = s.precision is not Precision.FLOAT32 or s.dims < s.dim
         with self._lock:
@@ -651,13 +651,17 @@ class SqliteCollection(Collection):
                 top = sorted(zip(full, (r[0] for r in rows), range(len(rows)), strict=True))[:k]
                 return [Candidate(-neg, rid, rows[i][1], _metadata(rows[i][2])) for neg, rid, i in top]
             score_of = dict(zip(keys.tolist(), scores.tolist(), strict=True))  # the graph's scores are exact
-            rows = self._fetch(keys, flt, vectors=False)
+            rows = self._fetch(keys, flt, vectors=False, light=light)
+            if light:  # ids and scores only: texts and metadata stay unread
+                return best_first(Candidate(score_of[r[0]], r[1], None, {}) for r in rows)[:k]
             return best_first(Candidate(score_of[r[0]], r[1], r[2], _metadata(r[3])) for r in rows)[:k]
 
-    def _fetch(self, keys: np.ndarray, flt: CompiledFilter, *, vectors: bool) -> list[tuple[Any, ...]]:
-        """Live rows among ``keys`` that pass the filter: (id, text, metadata, vector) or (seq, id, text, metadata)."""
+    def _fetch(self, keys: np.ndarray, flt: CompiledFilter, *, vectors: bool, light: bool = False
+               ) -> list[tuple[Any, ...]]:
+        """Live rows among ``keys`` that pass the filter: (id, text, metadata, vector), (seq, id, text, metadata),
+        or with ``light`` (seq, id)."""
         rows: list[tuple[Any, ...]] = []
-        cols = "id, text, metadata, vector" if vectors else "seq, id, text, metadata"
+        cols = "id, text, metadata, vector" if vectors else "seq, id" if light else "seq, id, text, metadata"
         for part in _chunks(keys.tolist()):
             rows += self._conn.execute(
                 f"SELECT {cols} FROM records WHERE seq IN ({_marks(len(part))}) AND deleted = 0{flt.and_sql()}",
