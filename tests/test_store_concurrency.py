@@ -437,7 +437,9 @@ def test_kill_9_during_index_and_reembed_then_rerun_loses_nothing(tmp_path):
     proc = subprocess.Popen(cli, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     if _kill_when(proc, lambda: (store / "kb2" / "collection.sqlite").is_file()):
         with open_collection("kb2", store=store, create=False) as c:
-            assert c.notes().get("reembed_incomplete") == "kb"
+            # The target is created, then marked, then filled: killed between the first two commits it is
+            # empty and unmarked (the rerun fills it all the same); after them, marked and partial.
+            assert c.notes().get("reembed_incomplete") == "kb" or c.count() == 0
             assert c.verify().ok and c.count() < total
     done = subprocess.run(cli, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
