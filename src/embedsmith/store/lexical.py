@@ -96,6 +96,13 @@ class _Postings:
         self.indptr = np.zeros(n_terms + 1, dtype=np.int64)
         np.cumsum(counts, out=self.indptr[1:])
 
+    @classmethod
+    def saved(cls, indptr: np.ndarray, rows: np.ndarray, tfs: np.ndarray) -> _Postings:
+        """A block read back from ``bm25.npz``, already in term order."""
+        block = cls.__new__(cls)
+        block.indptr, block.rows, block.tfs = indptr, rows, tfs
+        return block
+
     @property
     def nnz(self) -> int:
         return len(self.rows)
@@ -113,10 +120,6 @@ class _Postings:
 
 _EMPTY = np.zeros(0, np.int64)
 _ALL = np.zeros(0, np.int64)  # returned as the rows of a dense score array: every row
-
-
-def is_dense(rows: np.ndarray) -> bool:
-    return rows is _ALL
 # Postings whose BM25 contributions are kept between searches (per term, until the next write): ~32 MB.
 _CACHE_POSTINGS = 2_000_000
 
@@ -326,8 +329,7 @@ class Bm25Index:
         index._lengths.extend(lengths)
         index._alive.extend(np.ones(n, np.bool_))
         index._live_count, index._live_tokens = n, float(lengths.astype(np.float64).sum())
-        index._main = _Postings.__new__(_Postings)
-        index._main.indptr, index._main.rows, index._main.tfs = indptr, arrays["rows"], arrays["tfs"]
+        index._main = _Postings.saved(indptr, arrays["rows"], arrays["tfs"])
         index.last_seq = int(stamp["last_seq"])
         index.dead_seen = -1  # read the deleted flags from the database before the first search
         return index
