@@ -104,7 +104,7 @@ def test_commit_between_reading_new_rows_and_the_stamp_loses_nothing(tmp_path, v
 
     def commit_meanwhile(statement: str) -> None:
         # Fires as the reader starts reading the rows it lacks: another handle commits right then.
-        if "SELECT seq, vector FROM records" in statement and not fired:
+        if "SELECT seq, vector, id, deleted FROM records" in statement and not fired:
             fired.append(statement)
             writer.add_vectors(vecs[6:7], ["w1"])
 

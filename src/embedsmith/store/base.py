@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import functools
 import json
+import math
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -53,9 +54,21 @@ class Candidate(NamedTuple):
         return self._replace(score=score)
 
 
+def _index_field(field: Any, what: str) -> str:
+    """A metadata field that filters can name (a non-empty key, not an operator)."""
+    if not isinstance(field, str) or not field or field.startswith("$"):
+        raise InvalidInputError(f"{what}: {field!r} is not a metadata field name (a non-empty string, "
+                                "not starting with '$')")
+    return check_metadata_key(field, what)
+
+
+def _rank(c: Candidate) -> tuple[float, str]:
+    return -c.score, c.id
+
+
 def best_first(cands: Iterable[Candidate]) -> list[Candidate]:
     """Best score first, ties broken by id."""
-    return sorted(cands, key=lambda c: (-c.score, c.id))
+    return sorted(cands, key=_rank)
 
 
 class RecordBatch(NamedTuple):
@@ -201,6 +214,23 @@ class Collection(abc.ABC):
         """Top ``k`` live rows passing ``flt`` from the vector index (brute force over it with ``exact``),
         ``factor`` times ``k`` fetched and rescored with the full vectors when the index holds approximate
         codes. Best first."""
+
+    def _ann_many(self, qs: np.ndarray, k: int, flt: CompiledFilter, *, ef: int, exact: bool,
+                  factor: int, light: bool = False) -> list[list[Candidate]]:
+        """:meth:`_ann` for each query vector of ``qs`` [n, dim] (a backend may search them in one call)."""
+        return [self._ann(q, k, flt, ef=ef, exact=exact, factor=factor, light=light) for q in qs]
+
+    @abc.abstractmethod
+    def _create_index(self, field: str) -> bool:
+        """Index a metadata field for filters; False when it already was."""
+
+    @abc.abstractmethod
+    def _drop_index(self, field: str) -> bool:
+        """Drop a field's index; False when there was none."""
+
+    @abc.abstractmethod
+    def _indexes(self) -> list[str]:
+        """Metadata fields with an index, sorted."""
 
     @abc.abstractmethod
     def _scan(self, q: np.ndarray, k: int, flt: CompiledFilter) -> list[Candidate]:
@@ -477,6 +507,30 @@ class Collection(abc.ABC):
             check_metadata_key(f, "distinct")
         return self._distinct(tuple(fields))
 
+    @translated
+    def create_index(self, field: str) -> bool:
+        """Index a metadata field, so that filters on it (equality, ``$in``, ranges) find their rows without
+        reading the others: a 1%-selective filter on a million records is then scored exactly over the
+        matching rows instead of widening a graph walk. Every process's searches use it at once.
+
+        On SQLite it is an expression index on the JSON path filters use; on PostgreSQL a B-tree on
+        ``metadata -> field`` (equality already has the GIN index). Building it reads every record once.
+
+        Returns:
+            True when created, False when the field was already indexed.
+        """
+        return self._create_index(_index_field(field, "create_index"))
+
+    @translated
+    def drop_index(self, field: str) -> bool:
+        """Drop a metadata field's index (filters on it still work, by scanning). False when there was none."""
+        return self._drop_index(_index_field(field, "drop_index"))
+
+    @translated
+    def indexes(self) -> list[str]:
+        """Metadata fields with an index (:meth:`create_index`), sorted."""
+        return self._indexes()
+
     def export_records(self, *, batch: int = 1000) -> Iterator[RecordBatch]:
         """Live records in write order, ``batch`` at a time, from one consistent snapshot of the collection."""
         size = positive_int(batch, "batch")
@@ -512,28 +566,44 @@ class Collection(abc.ABC):
                 raise InvalidInputError(
                     f"query has dimension {q.shape[0]}, collection {self.name!r} stores {self.settings.dim}"
                 )
-        if not np.isfinite(q).all():
+        square = float(q @ q)  # finite exactly when every component is (or the sum overflows: checked below)
+        if not math.isfinite(square) and not np.isfinite(q).all():
             raise InvalidInputError("query vector contains NaN or infinity")
         if self.settings.metric is Metric.COSINE:
-            norm = float(np.sqrt(q @ q))
-            if norm == 0:
+            if square == 0:
                 raise InvalidInputError("query vector is all zeros (no cosine)")
-            q = q / norm
-        return q.astype(np.float32)
+            norm = math.sqrt(square) if math.isfinite(square) else float(np.linalg.norm(q.astype(np.float64)))
+            q = q / np.float32(norm)
+        return q if q.dtype == np.float32 else q.astype(np.float32)
 
     def _dense(self, q: np.ndarray, k: int, flt: CompiledFilter, *, ef: int, exact: bool,
                rescore: int | None, light: bool = False) -> list[Candidate]:
         """Top ``k`` by vector similarity: the index (graph, or brute force below ``exact_below``), rescored
         when it holds approximate codes, and an exact scan of the matching rows when the graph came up short.
         ``light``: ids and scores are enough (a backend may leave texts and metadata unread)."""
+        return self._dense_many(q.reshape(1, -1), k, flt, ef=ef, exact=exact, rescore=rescore, light=light)[0]
+
+    def _dense_many(self, qs: np.ndarray, k: int, flt: CompiledFilter, *, ef: int, exact: bool,
+                    rescore: int | None, light: bool = False) -> list[list[Candidate]]:
         s = self.settings
         approximate = s.precision is not Precision.FLOAT32 or s.dims < s.dim
         factor = rescore or (10 if s.precision is Precision.BINARY else 4 if approximate else 1)
         use_exact = exact or self._count_estimate() <= self.exact_below
-        hits = self._ann(q, k, flt, ef=ef, exact=use_exact, factor=factor, light=light)
-        if len(hits) < k and self._count(flt) > len(hits):
-            hits = self._scan(q, k, flt)
-        return hits
+        found = self._ann_many(qs, k, flt, ef=ef, exact=use_exact, factor=factor, light=light)
+        short = [i for i, hits in enumerate(found) if len(hits) < k]
+        if short:  # the graph came up short: an exact scan where more rows match than it found
+            matching = self._count(flt)
+            for i in short:
+                if matching > len(found[i]):
+                    found[i] = self._scan(qs[i], k, flt)
+        return found
+
+    def _query_vectors(self, queries: Sequence[str | np.ndarray | Sequence[float]]) -> np.ndarray:
+        """Checked query vectors [n, dim]: texts embedded in one encoder batch, vectors checked one by one."""
+        texts = [i for i, q in enumerate(queries) if isinstance(q, str)]
+        embedded = dict(zip(texts, self.encoder.encode([str(queries[i]) for i in texts], kind="query"),
+                            strict=True)) if texts else {}
+        return np.stack([self._query_vector(embedded[i] if i in embedded else q) for i, q in enumerate(queries)])
 
     @translated
     def search(
@@ -589,6 +659,53 @@ class Collection(abc.ABC):
                                         exact=exact, rescore=rescore, fusion=fusion, alpha=alpha, rrf_k=rrf_k,
                                         candidates=candidates, rerank=rerank, group_by=group_by, include=include)
         return run_search(self, request, self._compile_where(where))
+
+    @translated
+    def search_many(
+        self,
+        queries: Sequence[str | np.ndarray | Sequence[float]] | np.ndarray,
+        k: int = 10,
+        *,
+        mode: str = "dense",
+        where: Where | None = None,
+        ef: int | None = None,
+        exact: bool = False,
+        rescore: int | None = None,
+        fusion: str = "rrf",
+        alpha: float = 0.5,
+        rrf_k: int = RRF_K,
+        candidates: int | None = None,
+        rerank: Reranker | None = None,
+        group_by: str | None = None,
+        include: Sequence[str] | None = None,
+    ) -> list[Hits]:
+        """:meth:`search` for each of ``queries`` (texts, vectors, or a [n, dim] array), with the same options.
+
+        Dense queries are searched as one batch: texts embedded in one encoder call, and the batch handed to
+        the index at once (faiss spreads it over its threads; PostgreSQL answers each on one connection).
+        Other modes search one query after another.
+
+        Returns:
+            One :class:`Hits` per query, in order, each as :meth:`search` would return it.
+        """
+        from .query import MAX_QUERIES, SearchRequest, run_many
+
+        if isinstance(queries, np.ndarray) and queries.ndim == 2:
+            items: list[Any] = list(queries)
+        elif isinstance(queries, (list, tuple)):
+            items = list(queries)
+        else:
+            raise InvalidInputError(f"queries must be a list of texts or vectors, or a 2-d array, got "
+                                    f"{type(queries).__name__}")
+        if not items:
+            raise InvalidInputError("queries is empty")
+        if len(items) > MAX_QUERIES:
+            raise InvalidInputError(f"{len(items)} queries in one call; at most {MAX_QUERIES}")
+        requests = [SearchRequest.checked(q, k, mode=mode, ef=ef if ef is not None else self.ef_search, exact=exact,
+                                          rescore=rescore, fusion=fusion, alpha=alpha, rrf_k=rrf_k,
+                                          candidates=candidates, rerank=rerank, group_by=group_by, include=include)
+                    for q in items]
+        return run_many(self, requests, self._compile_where(where))
 
     def _bm25_worker(self) -> ThreadPoolExecutor:
         if self._executor is None:

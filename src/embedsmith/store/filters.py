@@ -42,6 +42,13 @@ class CompiledFilter:
 
     sql: str | None = None
     params: tuple[Any, ...] = ()
+    # Ways an index on metadata fields can narrow the filter's rows: each a set of fields that, all indexed,
+    # let the database find the matching rows without reading the others (see :func:`narrowing`).
+    narrow: tuple[frozenset[str], ...] = ()
+
+    def narrowed_by(self, indexed: frozenset[str] | set[str]) -> bool:
+        """Whether indexes on ``indexed`` fields let the database find this filter's rows without a scan."""
+        return any(option <= indexed for option in self.narrow)
 
     @property
     def matches_all(self) -> bool:
@@ -164,8 +171,9 @@ def _condition_pg(field: str, spec: Any, params: list[Any]) -> str:
             parts.append("NOT " + _contains(field, arg, params))  # rows without the field match, as in MongoDB
         elif op in ("$gt", "$gte", "$lt", "$lte"):
             # jsonb orders values of different types by type; the type check keeps strings out of ranges.
-            params += [field, field, json.dumps(_number(op, arg, field))]
-            parts.append(f"(jsonb_typeof(metadata -> %s) = 'number' AND metadata -> %s {_COMPARE[op]} %s::jsonb)")
+            params.append(json.dumps(_number(op, arg, field)))
+            col = pg_field(field)
+            parts.append(f"(jsonb_typeof({col}) = 'number' AND {col} {_COMPARE[op]} %s::jsonb)")
         elif op in ("$in", "$nin"):
             alternatives = " OR ".join(_contains(field, a, params) for a in _values(op, arg, field))
             parts.append(f"({alternatives})" if op == "$in" else f"NOT ({alternatives})")
@@ -175,6 +183,13 @@ def _condition_pg(field: str, spec: Any, params: list[Any]) -> str:
         else:
             raise _unknown(op, field)
     return " AND ".join(parts)
+
+
+def pg_field(field: str) -> str:
+    """``metadata -> 'field'`` with the key as a literal (``%`` doubled for psycopg), so that an expression
+    index on it (:meth:`Collection.create_index`) can serve range filters, which it cannot for a bound key."""
+    check_metadata_key(field, "filter")
+    return "(metadata -> '" + field.replace("'", "''").replace("%", "%%") + "')"
 
 
 # -- the walker --------------------------------------------------------------------------------------------
@@ -218,11 +233,33 @@ def _walk(where: Any, params: list[Any], condition: Condition, budget: _Budget, 
     return " AND ".join(parts)
 
 
+_NARROWING = frozenset(("$eq", "$in", "$gt", "$gte", "$lt", "$lte"))  # operators an index on the field serves
+
+
+def narrowing(where: Any) -> tuple[frozenset[str], ...]:
+    """For a checked filter, the sets of fields whose indexes can find its rows: a field's condition of
+    equality, ``$in`` or ranges needs that field; one term of an AND is enough; an OR needs all its branches
+    (each by its smallest option). ``$ne``, ``$nin`` and ``$exists`` match rows without the field, which an
+    index on it does not hold."""
+    options: list[frozenset[str]] = []
+    for key, spec in where.items():
+        if key == "$and":
+            options += [o for s in spec for o in narrowing(s)]
+        elif key == "$or":
+            branches = [narrowing(s) for s in spec]
+            if all(branches):
+                options.append(frozenset().union(*(min(b, key=len) for b in branches)))
+        elif not isinstance(spec, dict) or (spec and set(spec) <= _NARROWING):
+            options.append(frozenset((key,)))
+    return tuple(dict.fromkeys(options))
+
+
 def _compile(where: Where | None, condition: Condition) -> CompiledFilter:
     if where is None:
         return NO_FILTER
     params: list[Any] = []
-    return CompiledFilter(_walk(where, params, condition, _Budget(), 0), tuple(params))
+    sql = _walk(where, params, condition, _Budget(), 0)
+    return CompiledFilter(sql, tuple(params), narrowing(where))
 
 
 def compile_where(where: Where | None) -> CompiledFilter:
@@ -242,4 +279,4 @@ def compile_where_pg(where: Where | None) -> CompiledFilter:
 
 
 __all__ = ["MAX_CONDITIONS", "MAX_DEPTH", "MAX_VALUES", "NO_FILTER", "CompiledFilter", "Where", "compile_where",
-           "compile_where_pg", "sqlite_json_path"]
+           "compile_where_pg", "narrowing", "pg_field", "sqlite_json_path"]

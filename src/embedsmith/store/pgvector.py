@@ -30,6 +30,7 @@ counted at query time. It is not ``ts_rank``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
@@ -55,7 +56,7 @@ from ..errors import (
 from ..types import Encoder, Metric, Precision
 from .base import Candidate, Collection, RecordBatch, Store, VerifyReport, best_first
 from .bm25 import match_expression
-from .filters import CompiledFilter, Where, compile_where_pg
+from .filters import CompiledFilter, Where, compile_where_pg, pg_field
 from .settings import CollectionSettings, OpenOptions, new_identity
 
 if TYPE_CHECKING:
@@ -567,6 +568,40 @@ class PgCollection(Collection):
                     notes[key] = value
             conn.execute(f"UPDATE {self.schema}.collections SET settings = settings || %s::jsonb WHERE name = %s",
                          (json.dumps({"notes": notes}, ensure_ascii=False), self.name))
+
+    def _indexes(self) -> list[str]:
+        with self._connection() as conn:
+            fields = _scalar(conn, f"SELECT settings -> 'indexes' FROM {self.schema}.collections WHERE name = %s",
+                             (self.name,))
+        return sorted(fields or [])
+
+    def _create_index(self, field: str) -> bool:
+        return self._change_index(field, create=True)
+
+    def _drop_index(self, field: str) -> bool:
+        return self._change_index(field, create=False)
+
+    def _change_index(self, field: str, *, create: bool) -> bool:
+        """A B-tree on the expression range filters emit (``metadata -> 'field'``, a literal key), listed in the
+        registry row; built inside the write transaction, so writers wait for it and it is all or nothing."""
+        with self._write() as conn:
+            fields = set(_scalar(conn, f"SELECT settings -> 'indexes' FROM {self.schema}.collections "
+                                       "WHERE name = %s", (self.name,)) or [])
+            if (field in fields) == create:
+                return False
+            digest = hashlib.sha256(f"{self.table}\0{field}".encode()).hexdigest()[:24]
+            name = f"{self.schema}.m_{digest}"
+            if create:
+                # Parameters (none) make psycopg read pg_field's "%%" as the "%" filters send.
+                conn.execute(f"CREATE INDEX IF NOT EXISTS m_{digest} ON {self._t} ({pg_field(field)}) "
+                             "WHERE NOT deleted", ())
+                fields.add(field)
+            else:
+                conn.execute(f"DROP INDEX IF EXISTS {name}")
+                fields.discard(field)
+            conn.execute(f"UPDATE {self.schema}.collections SET settings = settings || %s::jsonb WHERE name = %s",
+                         (json.dumps({"indexes": sorted(fields)}, ensure_ascii=False), self.name))
+            return True
 
     def _is_current(self) -> bool:
         with self._connection() as conn:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 MODES = ("dense", "bm25", "hybrid")
 HYBRID_POOL = 100  # each list contributes at least its top 100 to the fusion
 MAX_K = 10_000  # hits (and rerank candidates) one search may ask for
+MAX_QUERIES = 10_000  # queries in one search_many call
 INCLUDABLE = frozenset({"texts", "metadata"})  # what hits may carry besides ids and scores
 
 
@@ -177,8 +178,9 @@ def shown(hits: Hits, include: frozenset[str]) -> Hits:
     if include == INCLUDABLE:
         return hits
     n = len(hits.ids)
-    return replace(hits, texts=hits.texts if "texts" in include else [None] * n,
-                   metadata=hits.metadata if "metadata" in include else [{} for _ in range(n)])
+    return Hits(hits.ids, hits.scores, hits.texts if "texts" in include else [None] * n,
+                hits.metadata if "metadata" in include else [{} for _ in range(n)],
+                first_stage_scores=hits.first_stage_scores, rerank_logits=hits.rerank_logits)
 
 
 def rerank_candidates(r: SearchRequest, reranker: Reranker, ranked: list[Candidate]) -> Hits:
@@ -196,7 +198,21 @@ def rerank_candidates(r: SearchRequest, reranker: Reranker, ranked: list[Candida
 
 def run_search(coll: Collection, r: SearchRequest, flt: CompiledFilter) -> Hits:
     """Filters, the first stage, grouping, then reranking and the top k."""
-    ranked = first_stage(coll, r, flt)
+    return finish(r, first_stage(coll, r, flt))
+
+
+def run_many(coll: Collection, rs: Sequence[SearchRequest], flt: CompiledFilter) -> list[Hits]:
+    """:func:`run_search` for each request (all with the same options): dense first stages as one batch."""
+    r = rs[0]
+    if r.mode != "dense":
+        return [run_search(coll, each, flt) for each in rs]
+    vectors = coll._query_vectors([each.query for each in rs])
+    found = coll._dense_many(vectors, r.first_stage, flt, ef=r.ef, exact=r.exact, rescore=r.rescore, light=r.light)
+    return [finish(each, ranked) for each, ranked in zip(rs, found, strict=True)]
+
+
+def finish(r: SearchRequest, ranked: list[Candidate]) -> Hits:
+    """Grouping, then reranking (or not) and the top k, with only what the caller asked for."""
     if r.group_by is not None:
         field = r.group_by
         ranked = best_per_group(ranked, lambda c: group_key(c, field))
@@ -205,5 +221,5 @@ def run_search(coll: Collection, r: SearchRequest, flt: CompiledFilter) -> Hits:
     return shown(rerank_candidates(r, r.rerank, ranked), r.include)
 
 
-__all__ = ["MODES", "Fusion", "RrfFusion", "SearchRequest", "WeightedFusion", "fusion_for", "group_key",
-           "run_search"]
+__all__ = ["MAX_QUERIES", "MODES", "Fusion", "RrfFusion", "SearchRequest", "WeightedFusion", "finish", "fusion_for",
+           "group_key", "run_many", "run_search"]

@@ -18,6 +18,7 @@ that now holds another collection. A store whose folder cannot be written opens 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -26,7 +27,7 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ from .ann import FORMAT as ANN_FORMAT
 from .ann import AnnIndex, DamagedIndexError, IndexNotSavedError, IndexSpec, locked, verify_file
 from .base import Candidate, Collection, RecordBatch, Store, VerifyReport, best_first
 from .bm25 import INDEXED, match_expression
-from .filters import CompiledFilter, Where, compile_where, sqlite_json_path
+from .filters import NO_FILTER, CompiledFilter, Where, compile_where, sqlite_json_path
 from .lexical import FILE as LEX_FILE
 from .lexical import Bm25Index, query_terms
 from .settings import CollectionSettings, OpenOptions, new_identity
@@ -152,6 +153,10 @@ class SqliteCollection(Collection):
         self._data_version = -1
         self._live = 0
         self._dead = 0  # deleted rows still in the ANN graph
+        # By sequence number, the id of each live row the ANN index holds (None: deleted, or compacted away), so
+        # a search that wants ids and scores reads nothing from the database. Kept in step with the index.
+        self._ids: list[str | None] = []
+        self._indexed: frozenset[str] = frozenset()  # metadata fields with an index (create_index)
         self._reader: sqlite3.Connection | None = None
         self._lex: Bm25Index | None = None  # built on the first BM25 search
         self._lex_key: tuple[int, int, int] | None = None
@@ -162,6 +167,7 @@ class SqliteCollection(Collection):
         with self._errors(), self._lock:
             with self._read():
                 self._index = self._load_index()
+                self._load_ids()
             self._sync(force=True)
 
     # -- the boundary ---------------------------------------------------------------------------------
@@ -195,7 +201,9 @@ class SqliteCollection(Collection):
 
     def _check_meta(self) -> None:
         """Inside a transaction: the collection is not marked deleted, and a compaction elsewhere is noticed."""
-        meta = dict(self._conn.execute("SELECT key, value FROM meta WHERE key IN ('deleted', 'generation')"))
+        meta = dict(self._conn.execute(
+            "SELECT key, value FROM meta WHERE key IN ('deleted', 'generation', 'indexes')"))
+        self._indexed = frozenset(json.loads(meta.get("indexes", "[]")))
         if meta.get("deleted"):
             self._gone = True
             raise CollectionNotFoundError(f"collection {self.name!r} was deleted by another process; open it again")
@@ -203,6 +211,7 @@ class SqliteCollection(Collection):
         if generation != self._generation:  # compacted by another process: its rows and index file changed
             self._generation = generation
             self._index = self._load_index()
+            self._load_ids()
             self._data_version = -1
 
     @contextmanager
@@ -280,10 +289,37 @@ class SqliteCollection(Collection):
         self._catch_up()
         self._live = self._conn.execute(
             "SELECT COUNT(*) FROM records INDEXED BY records_live_id WHERE deleted = 0").fetchone()[0]
-        self._dead = self._conn.execute(
+        dead = self._conn.execute(
             "SELECT COUNT(*) FROM records INDEXED BY records_dead WHERE deleted = 1 AND seq <= ?",
             (self._index.last_seq,)).fetchone()[0]
+        if dead != self._dead:  # rows only ever become deleted (until a compaction): another process deleted some
+            self._forget(r[0] for r in self._conn.execute(
+                "SELECT seq FROM records INDEXED BY records_dead WHERE deleted = 1 AND seq <= ?",
+                (self._index.last_seq,)))
+        self._dead = dead
         self._data_version = version
+
+    def _load_ids(self) -> None:
+        """Inside a read transaction: the ids of the live rows the index holds (from the covering index of ids)."""
+        ids: list[str | None] = [None] * (self._index.last_seq + 1)
+        for seq, rid in self._conn.execute("SELECT seq, id FROM records INDEXED BY records_live_id "
+                                           "WHERE deleted = 0 AND seq <= ?", (self._index.last_seq,)):
+            ids[seq] = rid
+        self._ids = ids
+
+    def _remember(self, seqs: Sequence[int], ids: Sequence[str | None]) -> None:
+        """Rows just added to the index (None for one already deleted)."""
+        table = self._ids
+        if seqs and seqs[-1] >= len(table):
+            table.extend([None] * (seqs[-1] + 1 - len(table)))
+        for seq, rid in zip(seqs, ids, strict=True):
+            table[seq] = rid
+
+    def _forget(self, seqs: Iterable[int]) -> None:
+        table = self._ids
+        for seq in seqs:
+            if seq < len(table):
+                table[seq] = None
 
     def _catch_up(self) -> None:
         """Inside a transaction: add every row newer than the index's stamp (deleted ones too, so the stamp
@@ -291,11 +327,12 @@ class SqliteCollection(Collection):
         top = self._max_seq()
         if top <= self._index.last_seq:
             return
-        cur = self._conn.execute("SELECT seq, vector FROM records WHERE seq > ? AND seq <= ? ORDER BY seq",
+        cur = self._conn.execute("SELECT seq, vector, id, deleted FROM records WHERE seq > ? AND seq <= ? ORDER BY seq",
                                  (self._index.last_seq, top))
         while rows := cur.fetchmany(20_000):
-            keys = np.fromiter((r[0] for r in rows), np.int64, len(rows))
-            self._index.add(keys, self._decode([r[1] for r in rows]))
+            seqs = [r[0] for r in rows]
+            self._index.add(np.array(seqs, np.int64), self._decode([r[1] for r in rows]))
+            self._remember(seqs, [None if r[3] else r[2] for r in rows])
             self._unsaved += len(rows)
         self._index.last_seq = top  # rows written and dropped by a compaction before we saw them
 
@@ -396,9 +433,9 @@ class SqliteCollection(Collection):
         return found
 
     @staticmethod
-    def _soft_delete(db: sqlite3.Connection, cond: str, params: Sequence[Any]) -> int:
-        """Flag rows deleted, inside the caller's transaction."""
-        return int(db.execute(f"UPDATE records SET deleted = 1 WHERE {cond}", tuple(params)).rowcount)
+    def _soft_delete(db: sqlite3.Connection, cond: str, params: Sequence[Any]) -> list[int]:
+        """Flag rows deleted, inside the caller's transaction; their sequence numbers."""
+        return [r[0] for r in db.execute(f"UPDATE records SET deleted = 1 WHERE {cond} RETURNING seq", tuple(params))]
 
     def _insert(
         self, ids: list[str], texts: Sequence[str | None], meta: list[str], vectors: np.ndarray, *, replace: bool,
@@ -409,7 +446,7 @@ class SqliteCollection(Collection):
         extra = [None if x == t else x for x, t in zip(index_texts, texts, strict=True)] \
             if index_texts is not None else [None] * len(ids)
         with self._lock:
-            replaced = 0
+            replaced: list[int] = []
             with self._write() as db:
                 if replace:
                     for part in _chunks(ids):
@@ -423,25 +460,29 @@ class SqliteCollection(Collection):
                 )
             # Committed. The index was caught up inside the transaction, so these rows come next.
             self._writes += 1
+            seqs = range(first, first + len(ids))
             self._index.add(np.arange(first, first + len(ids), dtype=np.int64), vectors)
+            self._forget(replaced)
+            self._remember(seqs, ids)
             self._unsaved += len(ids)
-            self._live += len(ids) - replaced
-            self._dead += replaced
+            self._live += len(ids) - len(replaced)
+            self._dead += len(replaced)
             self._after_write()
 
     def _delete(self, ids: list[str] | None, flt: CompiledFilter | None) -> int:
         with self._lock:
-            n = 0
+            gone: list[int] = []
             with self._write() as db:
                 if ids is not None:
                     for part in _chunks(ids):
-                        n += self._soft_delete(db, f"deleted = 0 AND id IN ({_marks(len(part))})", part)
+                        gone += self._soft_delete(db, f"deleted = 0 AND id IN ({_marks(len(part))})", part)
                 elif flt is not None:
-                    n = self._soft_delete(db, "deleted = 0" + flt.and_sql(), flt.params)
+                    gone = self._soft_delete(db, "deleted = 0" + flt.and_sql(), flt.params)
             self._writes += 1
-            self._live -= n
-            self._dead += n
-        return n
+            self._forget(gone)
+            self._live -= len(gone)
+            self._dead += len(gone)
+        return len(gone)
 
     def _compact(self, *, reindex: bool) -> dict[str, int]:
         """Drop deleted rows, reclaim disk (VACUUM) and rebuild the ANN index without them (always: ``reindex``
@@ -461,9 +502,42 @@ class SqliteCollection(Collection):
 
     def _rebuild_index(self) -> int:
         self._index = AnnIndex(index_spec(self.settings))
+        self._ids = []
+        self._dead = 0
         self._sync(force=True)
         self.save_index(force=True)
         return self._index.ntotal
+
+    # -- metadata indexes -----------------------------------------------------------------------------
+    def _create_index(self, field: str) -> bool:
+        with self._lock:
+            with self._write() as db:
+                if field in self._indexed:
+                    return False
+                db.execute(_index_sql(field))
+                self._set_indexed(db, self._indexed | {field})
+            self._writes += 1
+            return True
+
+    def _drop_index(self, field: str) -> bool:
+        with self._lock:
+            with self._write() as db:
+                if field not in self._indexed:
+                    return False
+                db.execute(f"DROP INDEX IF EXISTS {_index_name(field)}")
+                self._set_indexed(db, self._indexed - {field})
+            self._writes += 1
+            return True
+
+    def _set_indexed(self, db: sqlite3.Connection, fields: frozenset[str]) -> None:
+        db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('indexes', ?)",
+                   (json.dumps(sorted(fields), ensure_ascii=False),))
+        self._indexed = fields
+
+    def _indexes(self) -> list[str]:
+        with self._lock:
+            self._sync()
+            return sorted(self._indexed)
 
     # -- reads ----------------------------------------------------------------------------------------
     def _count_live(self) -> int:
@@ -626,35 +700,110 @@ class SqliteCollection(Collection):
 
     def _ann(self, q: np.ndarray, k: int, flt: CompiledFilter, *, ef: int, exact: bool,
              factor: int, light: bool = False) -> list[Candidate]:
-        s = self.settings
-        approximate = s.precision is not Precision.FLOAT32 or s.dims < s.dim
+        return self._ann_many(q.reshape(1, -1), k, flt, ef=ef, exact=exact, factor=factor, light=light)[0]
+
+    def _ann_many(self, qs: np.ndarray, k: int, flt: CompiledFilter, *, ef: int, exact: bool,
+                  factor: int, light: bool = False) -> list[list[Candidate]]:
+        """The plan: a filter that an index on its fields narrows to few rows is scored exactly over them
+        (pre-filtering); otherwise the graph is walked and its shortlist filtered (post-filtering), widened
+        while too few pass. Collection._dense scans exactly when both come up short."""
         with self._lock:
             self._sync()
-            # Oversample for rescoring, filters and deleted rows still in the graph; beyond the cap the
-            # exact scan takes over (Collection._dense).
-            want = min(k * factor * (1 if flt.matches_all else 10) + self._dead, max(10_000, k * factor * 10))
-            keys, scores = self._index.search(q, want, ef=ef, exact=exact)
-            if (not approximate and s.metric is Metric.COSINE and scores.size
-                    and (float(scores[0]) > 1.001 or float(scores[-1]) < -1.001)):  # best first: the ends suffice
-                # Cosines of unit vectors lie in [-1, 1]: the index file was damaged after it was checked.
-                warnings.warn(f"ANN index of collection {self.name!r} gave a cosine of {float(scores.max()):.3g}; "
-                              "it is damaged, rebuilding it from the database", IndexRebuildWarning, stacklevel=4)
-                self._rebuild_index()
-                keys, scores = self._index.search(q, want, ef=ef, exact=exact)
-            if approximate:
-                rows = self._fetch(keys, flt, vectors=True)
-                if not rows:
-                    return []
-                full = (-self._exact_scores(q, self._decode([r[3] for r in rows]))).tolist()
-                # Rank the shortlist as plain tuples (best first, ties by id); build candidates (and parse
-                # metadata) for the top k only.
-                top = sorted(zip(full, (r[0] for r in rows), range(len(rows)), strict=True))[:k]
-                return [Candidate(-neg, rid, rows[i][1], _metadata(rows[i][2])) for neg, rid, i in top]
-            score_of = dict(zip(keys.tolist(), scores.tolist(), strict=True))  # the graph's scores are exact
-            rows = self._fetch(keys, flt, vectors=False, light=light)
-            if light:  # ids and scores only: texts and metadata stay unread
-                return best_first(Candidate(score_of[r[0]], r[1], None, {}) for r in rows)[:k]
-            return best_first(Candidate(score_of[r[0]], r[1], r[2], _metadata(r[3])) for r in rows)[:k]
+            matching: int | None = self._live if flt.matches_all else None
+            if flt.narrowed_by(self._indexed):
+                with self._read():  # the rows found and the index caught up from one snapshot
+                    self._check_meta()
+                    self._refresh()
+                    found, matching = self._prefiltered(qs, k, flt, light=light)
+                if found is not None:
+                    return found
+            # Oversample for rescoring, filters (by the selectivity when an index counted it) and deleted
+            # rows still in the graph; beyond the cap the exact scan takes over (Collection._dense).
+            cap = max(10_000, k * factor * 10)
+            share = matching / max(self._live, 1) if matching is not None else 0.1
+            want = min(int(k * factor / max(share, 1e-9) * (1 if flt.matches_all else 1.5)) + self._dead, cap)
+            results: list[list[Candidate]] = [[] for _ in range(len(qs))]
+            wants = dict.fromkeys(range(len(qs)), want)
+            while wants:  # each round searches the queries that want as many candidates in one call
+                for size in sorted(set(wants.values())):
+                    todo = [i for i, w in wants.items() if w == size]
+                    keys, scores = self._search_checked(qs[todo], size, ef=ef, exact=exact)
+                    for row, i in enumerate(todo):
+                        got, sc = keys[row], scores[row]
+                        complete = got.size == 0 or got[-1] >= 0  # faiss pads with -1 when fewer were reachable
+                        if not complete:
+                            got, sc = got[got >= 0], sc[got >= 0]
+                        results[i] = self._shortlist(qs[i], got, sc, k, flt, light=light)
+                        del wants[i]
+                        if len(results[i]) < k and complete and size < min(cap, self._index.ntotal):
+                            # Widen: enough for k to pass at the share that passed this time, and at least 4x.
+                            rate = max(len(results[i]), 1) / max(got.size, 1)
+                            wants[i] = min(cap, max(size * 4, int(k * factor / rate * 1.5)))
+            return results
+
+    def _search_checked(self, qs: np.ndarray, want: int, *, ef: int, exact: bool) -> tuple[np.ndarray, np.ndarray]:
+        s = self.settings
+        keys, scores = self._index.search_batch(qs, want, ef=ef, exact=exact)
+        if (s.precision is Precision.FLOAT32 and s.dims == s.dim and s.metric is Metric.COSINE and scores.size
+                and (float(scores[0, 0]) > 1.001 or float(scores[0, 0]) < -1.001)):
+            # Cosines of unit vectors lie in [-1, 1]: the index file was damaged after it was checked.
+            warnings.warn(f"ANN index of collection {self.name!r} gave a cosine of {float(scores[0, 0]):.3g}; "
+                          "it is damaged, rebuilding it from the database", IndexRebuildWarning, stacklevel=5)
+            self._rebuild_index()
+            keys, scores = self._index.search_batch(qs, want, ef=ef, exact=exact)
+        return keys, scores
+
+    def _shortlist(self, q: np.ndarray, keys: np.ndarray, scores: np.ndarray, k: int, flt: CompiledFilter, *,
+                   light: bool) -> list[Candidate]:
+        """The top ``k`` live rows passing ``flt`` among the index's best ``keys``, rescored from the stored
+        vectors when the index holds approximate codes."""
+        s = self.settings
+        if s.precision is not Precision.FLOAT32 or s.dims < s.dim:
+            rows = self._fetch(keys, flt, vectors=True)
+            if not rows:
+                return []
+            full = (-self._exact_scores(q, self._decode([r[3] for r in rows]))).tolist()
+            # Rank the shortlist as plain tuples (best first, ties by id); build candidates (and parse
+            # metadata) for the top k only.
+            top = sorted(zip(full, (r[0] for r in rows), range(len(rows)), strict=True))[:k]
+            return [Candidate(-neg, rid, rows[i][1], _metadata(rows[i][2])) for neg, rid, i in top]
+        if light and flt.matches_all:  # ids and scores only: nothing to read from the database
+            table, top_seq = self._ids, len(self._ids)
+            return best_first(Candidate(score, rid, None, {}) for key, score in
+                              zip(keys.tolist(), scores.tolist(), strict=True)
+                              if key < top_seq and (rid := table[key]) is not None)[:k]
+        score_of = dict(zip(keys.tolist(), scores.tolist(), strict=True))  # the graph's scores are exact
+        rows = self._fetch(keys, flt, vectors=False, light=light)
+        if light:  # ids and scores only: texts and metadata stay unread
+            return best_first(Candidate(score_of[r[0]], r[1], None, {}) for r in rows)[:k]
+        return best_first(Candidate(score_of[r[0]], r[1], r[2], _metadata(r[3])) for r in rows)[:k]
+
+    def _prefiltered(self, qs: np.ndarray, k: int, flt: CompiledFilter, *, light: bool
+                     ) -> tuple[list[list[Candidate]] | None, int]:
+        """Inside a read transaction: the exact top ``k`` over the rows passing ``flt``, found through an index
+        on its fields, when they are few (at most 2% of the collection, between 2,000 and 20,000 rows):
+        scoring them all costs less than widening a graph walk until k of them turn up, and misses none.
+        Otherwise (None, a lower bound of the rows that pass)."""
+        limit = min(20_000, max(2_000, self._live // 50))
+        seqs = [r[0] for r in self._conn.execute(
+            f"SELECT seq FROM records WHERE deleted = 0{flt.and_sql()} LIMIT {limit + 1}", flt.params)]
+        if len(seqs) > limit:
+            return None, len(seqs)
+        keys = np.array(seqs, np.int64)
+        vectors = self._index.vectors(keys) if self.settings.dims == self.settings.dim else None
+        if vectors is None:  # codes in the index: the stored vectors of the few rows, read through the index
+            return [self._scan(q, k, flt) for q in qs], len(seqs)
+        found = []
+        for q in qs:
+            scores = self._exact_scores(q, vectors)
+            top = np.argsort(-scores, kind="stable")[: k + 8]  # a few more, so ties at the k-th sort by id
+            cands = [Candidate(float(scores[i]), self._ids[seqs[i]] or "", None, {}) for i in top]
+            if not light:
+                rows = {r[0]: r for r in self._fetch(keys[top], NO_FILTER, vectors=False)}
+                cands = [Candidate(c.score, c.id, rows[seqs[i]][2], _metadata(rows[seqs[i]][3]))
+                         for c, i in zip(cands, top, strict=True)]
+            found.append(best_first(cands)[:k])
+        return found, len(seqs)
 
     def _fetch(self, keys: np.ndarray, flt: CompiledFilter, *, vectors: bool, light: bool = False
                ) -> list[tuple[Any, ...]]:
@@ -760,6 +909,12 @@ class SqliteCollection(Collection):
             if rows != ["ok"]:
                 return  # nothing else can be trusted; restore a snapshot
             meta = dict(self._conn.execute("SELECT key, value FROM meta"))
+            listed = json.loads(meta.get("indexes", "[]"))
+            missing = [f for f in listed if self._conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", (_index_name(f),)).fetchone() is None]
+            report.checks["metadata_indexes"] = len(listed)
+            for f in missing:
+                report.problem(f"the index on metadata field {f!r} is listed but missing (repair rebuilds it)")
             try:
                 stored = CollectionSettings.from_meta(meta)
                 if stored != self.settings:
@@ -820,6 +975,8 @@ class SqliteCollection(Collection):
                     self.settings = replace(self.settings, identity=identity)
                 bm25_rows = db.execute("SELECT COUNT(*) FROM records WHERE deleted = 0 AND "
                                        "COALESCE(index_text, text) IS NOT NULL").fetchone()[0]
+                for f in self._indexed:  # recreate any listed metadata index that went missing
+                    db.execute(_index_sql(f))
             vectors = self._rebuild_index()
             with self._lex_lock:  # rebuilt from the rows on the next bm25 search, and saved on close
                 (self.folder / LEX_FILE).unlink(missing_ok=True)
@@ -851,6 +1008,18 @@ def _best_first(scores: np.ndarray, seqs: np.ndarray, m: int) -> np.ndarray:
 
 
 # -- connections ---------------------------------------------------------------------------------------------
+def _index_name(field: str) -> str:
+    """An SQL name for the index on a metadata field (any Unicode key): a digest of it."""
+    return "records_meta_" + hashlib.sha256(field.encode("utf-8")).hexdigest()[:20]
+
+
+def _index_sql(field: str) -> str:
+    # The expression is the one filters emit (a literal path): SQLite only uses an index whose expression
+    # matches the query's. Partial on live rows, as every read asks for those.
+    return (f"CREATE INDEX IF NOT EXISTS {_index_name(field)} ON records("
+            f"json_extract(metadata, {sqlite_json_path(field)})) WHERE deleted = 0")
+
+
 def _connect(path: Path, lock_timeout: float) -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), timeout=lock_timeout, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
