@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from search import synthetic  # noqa: E402
+from search import synthetic
 
 OPEN = """
 import json, resource, sys, time
@@ -60,6 +60,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=500)
     ap.add_argument("--precisions", default="float32")
     ap.add_argument("--ef", type=int, default=64)
+    ap.add_argument("--skip-peer", action="store_true", help="no faiss HNSW build (at 1M it takes ~5 min)")
     args = ap.parse_args()
 
     import faiss
@@ -83,23 +84,26 @@ def main() -> None:
         table.append((name, f"{p50:.3f}", f"{rec:.4f}", ratio, note))
         print(f"  {name}: p50 {p50:.3f} ms, recall {rec:.4f} {ratio} {note}", flush=True)
 
-    faiss.omp_set_num_threads(2)
-    t = time.perf_counter()
-    hnsw = faiss.IndexHNSWFlat(384, 32, faiss.METRIC_INNER_PRODUCT)
-    hnsw.hnsw.efConstruction = 128
-    hnsw.add(data)
-    faiss_build = time.perf_counter() - t
-    hnsw.hnsw.efSearch = args.ef
-    faiss.omp_set_num_threads(1)
-    faiss_p50, found = p50_ms(lambda q: hnsw.search(q[None], k)[1][0], queries)
-    row("faiss IndexHNSWFlat, unfiltered", faiss_p50, recall([[str(i) for i in f] for f in found], truth),
-        "1.00", f"build {faiss_build:.0f} s")
-    faiss.omp_set_num_threads(2)
-    t = time.perf_counter()
-    hnsw.search(queries, k)
-    faiss_batch = len(queries) / (time.perf_counter() - t)
-    del hnsw
+    faiss_p50 = faiss_batch = float("nan")
+    if not args.skip_peer:
+        faiss.omp_set_num_threads(2)
+        t = time.perf_counter()
+        hnsw = faiss.IndexHNSWFlat(384, 32, faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efConstruction = 128
+        hnsw.add(data)
+        faiss_build = time.perf_counter() - t
+        hnsw.hnsw.efSearch = args.ef
+        faiss.omp_set_num_threads(1)
+        faiss_p50, found = p50_ms(lambda q: hnsw.search(q[None], k)[1][0], queries)
+        row("faiss IndexHNSWFlat, unfiltered", faiss_p50, recall([[str(i) for i in f] for f in found], truth),
+            "1.00", f"build {faiss_build:.0f} s")
+        faiss.omp_set_num_threads(2)
+        t = time.perf_counter()
+        hnsw.search(queries, k)
+        faiss_batch = len(queries) / (time.perf_counter() - t)
+        del hnsw
 
+    light, where = ["ids", "scores"], {"bucket": 7}
     for precision in args.precisions.split(","):
         store = Path(tempfile.mkdtemp(prefix="embedsmith-filtered-"))
         try:
@@ -119,7 +123,6 @@ def main() -> None:
             per_record = sorted(o["rss_bytes"] for o in opened)[1] / args.n
             coll = open_collection("bench", store=store, exact_below=0, ef_search=args.ef)
             faiss.omp_set_num_threads(1)
-            light = ["ids", "scores"]
             p50, hits = p50_ms(lambda q, c=coll: c.search(q, k=k, include=light).ids, queries)
             row(f"Collection.search ({precision}), unfiltered, include ids+scores", p50, recall(hits, truth),
                 f"{faiss_p50 / p50:.2f}",
@@ -127,7 +130,6 @@ def main() -> None:
             p50, hits = p50_ms(lambda q, c=coll: c.search(q, k=k).ids, queries)
             row(f"Collection.search ({precision}), unfiltered, texts+metadata", p50, recall(hits, truth),
                 f"{faiss_p50 / p50:.2f}")
-            where = {"bucket": 7}
             p50, hits = p50_ms(lambda q, c=coll: c.search(q, k=k, where=where, include=light).ids, queries)
             row(f"Collection.search ({precision}), 1% filter, no index", p50, recall(hits, filtered_truth),
                 note="graph walk widened until k pass")
@@ -153,7 +155,8 @@ def main() -> None:
             shutil.rmtree(store, ignore_errors=True)
 
     print(f"\n{args.n:,} x 384 synthetic (1000 clusters), {len(queries)} queries, k={k}, M=32, "
-          f"efConstruction=128, efSearch={args.ef}; the filter matches {len(rows):,} records ({len(rows) / args.n:.1%})\n")
+          f"efConstruction=128, efSearch={args.ef}; the filter matches {len(rows):,} records "
+          f"({len(rows) / args.n:.1%})\n")
     print("| search | p50 ms | recall@10 | x faiss-HNSW (p50 ratio) | notes |")
     print("|---|---:|---:|---:|---|")
     for r in table:

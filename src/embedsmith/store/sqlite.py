@@ -733,11 +733,12 @@ class SqliteCollection(Collection):
                         complete = got.size == 0 or got[-1] >= 0  # faiss pads with -1 when fewer were reachable
                         if not complete:
                             got, sc = got[got >= 0], sc[got >= 0]
-                        results[i] = self._shortlist(qs[i], got, sc, k, flt, light=light)
+                        results[i], passed = self._shortlist(qs[i], got, sc, k, flt, light=light)
                         del wants[i]
-                        if len(results[i]) < k and complete and size < min(cap, self._index.ntotal):
+                        # Enough when k pass (k x factor to rescore, for approximate codes), or none are left.
+                        if passed < k * factor and complete and size < min(cap, self._index.ntotal):
                             # Widen: enough for k to pass at the share that passed this time, and at least 4x.
-                            rate = max(len(results[i]), 1) / max(got.size, 1)
+                            rate = max(passed, 1) / max(got.size, 1)
                             wants[i] = min(cap, max(size * 4, int(k * factor / rate * 1.5)))
             return results
 
@@ -754,29 +755,29 @@ class SqliteCollection(Collection):
         return keys, scores
 
     def _shortlist(self, q: np.ndarray, keys: np.ndarray, scores: np.ndarray, k: int, flt: CompiledFilter, *,
-                   light: bool) -> list[Candidate]:
+                   light: bool) -> tuple[list[Candidate], int]:
         """The top ``k`` live rows passing ``flt`` among the index's best ``keys``, rescored from the stored
-        vectors when the index holds approximate codes."""
+        vectors when the index holds approximate codes; and how many of ``keys`` passed."""
         s = self.settings
         if s.precision is not Precision.FLOAT32 or s.dims < s.dim:
             rows = self._fetch(keys, flt, vectors=True)
             if not rows:
-                return []
+                return [], 0
             full = (-self._exact_scores(q, self._decode([r[3] for r in rows]))).tolist()
             # Rank the shortlist as plain tuples (best first, ties by id); build candidates (and parse
             # metadata) for the top k only.
             top = sorted(zip(full, (r[0] for r in rows), range(len(rows)), strict=True))[:k]
-            return [Candidate(-neg, rid, rows[i][1], _metadata(rows[i][2])) for neg, rid, i in top]
+            return [Candidate(-neg, rid, rows[i][1], _metadata(rows[i][2])) for neg, rid, i in top], len(rows)
         if light and flt.matches_all:  # ids and scores only: nothing to read from the database
             table, top_seq = self._ids, len(self._ids)
-            return best_first(Candidate(score, rid, None, {}) for key, score in
-                              zip(keys.tolist(), scores.tolist(), strict=True)
-                              if key < top_seq and (rid := table[key]) is not None)[:k]
+            live = [Candidate(score, rid, None, {}) for key, score in zip(keys.tolist(), scores.tolist(), strict=True)
+                    if key < top_seq and (rid := table[key]) is not None]
+            return best_first(live)[:k], len(live)
         score_of = dict(zip(keys.tolist(), scores.tolist(), strict=True))  # the graph's scores are exact
         rows = self._fetch(keys, flt, vectors=False, light=light)
         if light:  # ids and scores only: texts and metadata stay unread
-            return best_first(Candidate(score_of[r[0]], r[1], None, {}) for r in rows)[:k]
-        return best_first(Candidate(score_of[r[0]], r[1], r[2], _metadata(r[3])) for r in rows)[:k]
+            return best_first(Candidate(score_of[r[0]], r[1], None, {}) for r in rows)[:k], len(rows)
+        return best_first(Candidate(score_of[r[0]], r[1], r[2], _metadata(r[3])) for r in rows)[:k], len(rows)
 
     def _prefiltered(self, qs: np.ndarray, k: int, flt: CompiledFilter, *, light: bool
                      ) -> tuple[list[list[Candidate]] | None, int]:
