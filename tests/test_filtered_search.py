@@ -133,6 +133,10 @@ def test_search_many_and_light_search_over_other_handles_writes(store, data):
         for bad in ([], "text", queries[0], [queries[0], ""]):
             with pytest.raises(InvalidInputError):
                 c.search_many(bad)
+        for q in queries:  # the straight path of an ids+scores search answers as the general one
+            light, full = c.search(q, k=10, include=["ids", "scores"]), c.search(q, k=10)
+            assert light.ids == full.ids and light.texts == [None] * 10
+            np.testing.assert_allclose(light.scores, full.scores, atol=1e-6)
         top = c.search(queries[2], k=5, include=["ids", "scores"]).ids
         other.delete([top[0]])
         other.upsert_vectors(-queries[2:3], [top[1]])  # now the farthest point
@@ -141,3 +145,10 @@ def test_search_many_and_light_search_over_other_handles_writes(store, data):
         assert now[0] == "exact" and top[0] not in now and top[1] not in now
         assert now == c.search(queries[2], k=5).ids
         assert c.search(-queries[2], k=1, include=["ids"]).ids == [top[1]]
+
+
+def test_ties_are_broken_by_id_in_an_ids_only_search(tmp_path):
+    with open_collection("t", store=tmp_path, dim=4, exact_below=0) as c:
+        v = np.array([[1, 0, 0, 0]] * 5 + [[0, 1, 0, 0]] * 20, np.float32)
+        c.add_vectors(v, ["e", "b", "d", "a", "c"] + [f"z{i:02d}" for i in range(20)])
+        assert c.search(v[0], k=5, include=["ids", "scores"]).ids == ["a", "b", "c", "d", "e"]

@@ -220,6 +220,11 @@ class Collection(abc.ABC):
         """:meth:`_ann` for each query vector of ``qs`` [n, dim] (a backend may search them in one call)."""
         return [self._ann(q, k, flt, ef=ef, exact=exact, factor=factor, light=light) for q in qs]
 
+    def _dense_ids(self, q: np.ndarray, k: int, ef: int) -> Hits | None:
+        """Ids and scores of an unfiltered graph search, when the backend answers it without reading rows;
+        None sends the search down the general path."""
+        return None
+
     @abc.abstractmethod
     def _create_index(self, field: str) -> bool:
         """Index a metadata field for filters; False when it already was."""
@@ -653,8 +658,17 @@ class Collection(abc.ABC):
             :class:`Hits`, best first, ties broken by id. Dense scores are higher-is-better (negated
             distances for l2 and manhattan). When k matching records exist, k hits are returned.
         """
-        from .query import SearchRequest, run_search
+        from .query import MAX_K, SearchRequest, run_search
 
+        if (where is None and mode == "dense" and type(k) is int and 0 < k <= MAX_K and not exact
+                and isinstance(include, (list, tuple)) and set(include) <= {"ids", "scores"}
+                and rerank is None and group_by is None and rescore is None and isinstance(query, np.ndarray)
+                and (ef is None or (type(ef) is int and ef > 0))):
+            # The common call of an application (a vector, ids and scores, no filter) in a straight line;
+            # anything it cannot answer exactly as the general path would (None) goes that way.
+            found = self._dense_ids(self._query_vector(query), k, ef if ef is not None else self.ef_search)
+            if found is not None:
+                return found
         request = SearchRequest.checked(query, k, mode=mode, ef=ef if ef is not None else self.ef_search,
                                         exact=exact, rescore=rescore, fusion=fusion, alpha=alpha, rrf_k=rrf_k,
                                         candidates=candidates, rerank=rerank, group_by=group_by, include=include)

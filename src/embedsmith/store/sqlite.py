@@ -19,6 +19,7 @@ that now holds another collection. A store whose folder cannot be written opens 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -44,7 +45,7 @@ from ..errors import (
     StoreError,
     StoreReadOnlyError,
 )
-from ..types import Encoder, Metric, Precision
+from ..types import Encoder, Hits, Metric, Precision
 from .ann import FORMAT as ANN_FORMAT
 from .ann import AnnIndex, DamagedIndexError, IndexNotSavedError, IndexSpec, locked, verify_file
 from .base import Candidate, Collection, RecordBatch, Store, VerifyReport, best_first
@@ -741,6 +742,29 @@ class SqliteCollection(Collection):
                             rate = max(passed, 1) / max(got.size, 1)
                             wants[i] = min(cap, max(size * 4, int(k * factor / rate * 1.5)))
             return results
+
+    def _dense_ids(self, q: np.ndarray, k: int, ef: int) -> Hits | None:
+        s = self.settings
+        if s.precision is not Precision.FLOAT32 or s.dims < s.dim:
+            return None
+        with self._lock:
+            self._sync()
+            if self._dead or self._live <= self.exact_below:
+                return None  # deleted rows in the graph want an oversample; small collections are searched exactly
+            keys, scores = self._index.search_batch(q.reshape(1, -1), k, ef=ef)
+            table, top = self._ids, len(self._ids)
+            ids: list[str] = []
+            for key in keys[0].tolist():
+                rid = table[key] if 0 <= key < top else None
+                if rid is None:
+                    return None
+                ids.append(rid)
+        found = scores[0].tolist()
+        # Ties (broken by id) and cosines outside [-1, 1] (a damaged index) are the general path's to handle.
+        if len(ids) < min(k, self._live) or any(a <= b for a, b in itertools.pairwise(found)) or (
+                found and s.metric is Metric.COSINE and not (found[0] <= 1.001 and found[-1] >= -1.001)):
+            return None
+        return Hits(ids, found, [None] * len(ids), [{} for _ in ids])
 
     def _search_checked(self, qs: np.ndarray, want: int, *, ef: int, exact: bool) -> tuple[np.ndarray, np.ndarray]:
         s = self.settings
