@@ -318,6 +318,6 @@ def test_include_leaves_texts_and_metadata_out(store, vecs):
         assert words.texts == c.search("note 7 flutter", k=3, mode="bm25").texts and words.metadata == [{}] * 3
         filtered = c.search(vecs[3], k=5, where={"n": {"$lt": 100}}, include=[])
         assert filtered.ids == c.search(vecs[3], k=5, where={"n": {"$lt": 100}}).ids
-        for bad in (["vectors"], "texts", [1]):
+        for bad in (["vectors"], "texts", [1], [["texts"]]):
             with pytest.raises(InvalidInputError, match="include"):
                 c.search(vecs[3], k=5, include=bad)

@@ -4,6 +4,8 @@ backends (``store`` runs each test on SQLite + faiss and on PostgreSQL + pgvecto
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -152,3 +154,28 @@ def test_ties_are_broken_by_id_in_an_ids_only_search(tmp_path):
         v = np.array([[1, 0, 0, 0]] * 5 + [[0, 1, 0, 0]] * 20, np.float32)
         c.add_vectors(v, ["e", "b", "d", "a", "c"] + [f"z{i:02d}" for i in range(20)])
         assert c.search(v[0], k=5, include=["ids", "scores"]).ids == ["a", "b", "c", "d", "e"]
+
+
+OTHER_PROCESS = """
+import sys, numpy as np
+from embedsmith import open_collection
+q = np.array([float(x) for x in sys.argv[3].split(",")], np.float32)
+with open_collection("proc", store=sys.argv[1]) as c:
+    c.delete([sys.argv[2]])
+    c.add_vectors(q[None], ["from-the-other-process"])
+"""
+
+
+def test_an_ids_only_search_sees_another_processs_delete_and_add(store, data):
+    """The in-memory id table is caught up from another process's commits: a real second process deletes the
+    best hit and adds a closer record; the next ids+scores search shows both."""
+    x, queries, _ = data
+    with open_collection("proc", store=store, dim=32, exact_below=0) as c:
+        c.add_vectors(x[:3000], [str(i) for i in range(3000)])
+        q = queries[4]
+        top = c.search(q, k=5, include=["ids", "scores"]).ids
+        subprocess.run([sys.executable, "-c", OTHER_PROCESS, str(store), top[0], ",".join(map(str, q.tolist()))],
+                       check=True, timeout=120)
+        now = c.search(q, k=5, include=["ids", "scores"]).ids
+        assert now[0] == "from-the-other-process" and top[0] not in now
+        assert now[1:] == top[1:]

@@ -184,7 +184,7 @@ class AnnIndex:
             return np.empty((0, self.spec.dims), np.float32)
         faiss = _faiss()
         held = self.keys()
-        if self._sorted:  # keys are added in increasing order, so the id map is sorted but after a legacy adopt
+        if self._sorted:  # keys are added in increasing order; only a legacy adopt leaves the id map unsorted
             pos = np.minimum(np.searchsorted(held, keys), len(held) - 1)
         else:
             sorter = np.argsort(held)

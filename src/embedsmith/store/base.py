@@ -661,7 +661,7 @@ class Collection(abc.ABC):
         from .query import MAX_K, SearchRequest, run_search
 
         if (where is None and mode == "dense" and type(k) is int and 0 < k <= MAX_K and not exact
-                and isinstance(include, (list, tuple)) and set(include) <= {"ids", "scores"}
+                and isinstance(include, (list, tuple)) and all(x in ("ids", "scores") for x in include)
                 and rerank is None and group_by is None and rescore is None and isinstance(query, np.ndarray)
                 and (ef is None or (type(ef) is int and ef > 0))):
             # The common call of an application (a vector, ids and scores, no filter) in a straight line;

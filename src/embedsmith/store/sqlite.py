@@ -769,10 +769,12 @@ class SqliteCollection(Collection):
     def _search_checked(self, qs: np.ndarray, want: int, *, ef: int, exact: bool) -> tuple[np.ndarray, np.ndarray]:
         s = self.settings
         keys, scores = self._index.search_batch(qs, want, ef=ef, exact=exact)
-        if (s.precision is Precision.FLOAT32 and s.dims == s.dim and s.metric is Metric.COSINE and scores.size
-                and (float(scores[0, 0]) > 1.001 or float(scores[0, 0]) < -1.001)):
+        found = scores[keys >= 0]  # best first per query; padding (key -1) carries no score
+        if (s.precision is Precision.FLOAT32 and s.dims == s.dim and s.metric is Metric.COSINE and found.size
+                and (float(found.max()) > 1.001 or float(found.min()) < -1.001)):
             # Cosines of unit vectors lie in [-1, 1]: the index file was damaged after it was checked.
-            warnings.warn(f"ANN index of collection {self.name!r} gave a cosine of {float(scores[0, 0]):.3g}; "
+            bad = float(found.max()) if float(found.max()) > 1.001 else float(found.min())
+            warnings.warn(f"ANN index of collection {self.name!r} gave a cosine of {bad:.3g}; "
                           "it is damaged, rebuilding it from the database", IndexRebuildWarning, stacklevel=5)
             self._rebuild_index()
             keys, scores = self._index.search_batch(qs, want, ef=ef, exact=exact)
