@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import collections
+import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,6 +113,35 @@ def test_onnx_matches_torch_on_stsb(stsb, minilm_onnx, minilm_torch):
     assert cos8.mean() < cos.mean()  # int8 is lossy, and the test would notice if it were not applied
 
 
+def cranfield_docs(n: int) -> list[str]:
+    lines = (Path(__file__).parent / "data" / "cranfield" / "corpus.jsonl").read_text().splitlines()[:n]
+    return [f"{r['title']}\n{r['text']}" for r in map(json.loads, lines)]
+
+
+def op_counts(path: Path) -> collections.Counter[str]:
+    import onnx
+
+    return collections.Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+
+
+@pytest.mark.slow
+def test_fused_graph_is_exact_on_long_texts(minilm_onnx, minilm_torch):
+    from embedsmith.encoders.onnx import export_onnx, quantize_int8
+
+    graph = export_onnx(minilm_onnx.folder)
+    ops = op_counts(graph)  # one fused node per layer (MiniLM has 6), no attention left as MatMul/Softmax
+    assert (ops["Attention"], ops["SkipLayerNormalization"], ops["BiasGelu"], ops["Softmax"]) == (6, 12, 6, 0), ops
+    assert op_counts(quantize_int8(graph))["QAttention"] == 6
+    docs = cranfield_docs(64)
+    assert max(minilm_onnx.count_tokens(docs)) > 200  # abstracts, not sentences
+    ref, fused = minilm_torch.encode(docs), minilm_onnx.encode(docs)
+    cos = (ref * fused).sum(1)
+    assert np.percentile(cos, 1) >= 0.9999, np.percentile(cos, 1)
+    int8 = load_encoder("minilm", backend="onnx-int8").encode(docs)
+    cos8 = (ref * int8).sum(1)
+    assert 0.98 <= np.percentile(cos8, 1) < 0.9999, np.percentile(cos8, 1)
+
+
 @pytest.mark.slow
 def test_stsb_spearman_matches_sentence_transformers_evaluator(stsb, minilm_onnx, minilm_torch):
     from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
@@ -130,6 +162,13 @@ def test_mpnet_from_split_wheels():
     assert v.shape == (3, 768) and enc.max_tokens == 384
     sim = pairwise(v)
     assert sim[0, 1] - sim[0, 2] >= 0.3
+    # MPNet's relative position bias keeps its attention unfused; layer norms and GELU fuse, and stay exact.
+    from embedsmith.encoders.onnx import export_onnx
+
+    assert op_counts(export_onnx(enc.folder))["SkipLayerNormalization"] > 0
+    docs = cranfield_docs(12)
+    ref = load_encoder("mpnet", backend="torch").encode(docs)
+    assert float((ref * enc.encode(docs)).sum(1).min()) >= 0.9999
 
 
 @pytest.mark.slow

@@ -146,6 +146,13 @@ def test_onnx_reranker_matches_torch(tiny_reranker):
     np.testing.assert_allclose(onnx_r.logits(QUERY, docs), ref, atol=1e-3)
     approx = int8_r.logits(QUERY, docs)
     assert np.corrcoef(approx, ref)[0, 1] > 0.98
+    import onnx  # the exact graph is the fused one: one Attention node per layer
+
+    from embedsmith.encoders.folder import ModelFolder
+    from embedsmith.encoders.onnx import onnx_dir
+
+    graph = onnx.load(str(onnx_dir(ModelFolder.open(tiny_reranker)) / "reranker.onnx")).graph
+    assert sum(n.op_type == "Attention" for n in graph.node) == 6
     assert not np.allclose(approx, ref, atol=1e-4)  # int8 really is a different (quantised) model
 
 

@@ -15,6 +15,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -26,12 +27,14 @@ from .folder import ModelFolder
 log = logging.getLogger("embedsmith")
 
 # Padded tokens per forward pass: large enough to keep the matrix kernels busy, small enough that
-# attention's [batch, heads, seq, seq] scores stay in cache-friendly sizes.
-MAX_BATCH_TOKENS = 4096
+# attention's [batch, heads, seq, seq] scores stay in cache-friendly sizes. Measured on the fused graph with
+# 400 Cranfield abstracts (benchmarks/README.md, "Long texts"): 1024 gave 10.0k tokens/s, 4096 9.2k, 16384 8.9k.
+MAX_BATCH_TOKENS = 1024
 
 
-# Bumped whenever the export itself changes, so a stale cached graph is never reused.
-EXPORT_VERSION = 2
+# Bumped whenever the export itself changes, so a stale cached graph is never reused. 3: TorchScript export of
+# the eager attention, fused by onnxruntime's transformer optimizer.
+EXPORT_VERSION = 3
 
 
 def onnx_dir(folder: ModelFolder) -> Path:
@@ -39,12 +42,19 @@ def onnx_dir(folder: ModelFolder) -> Path:
 
 
 def export_onnx(folder: ModelFolder, *, head: str = "embeddings") -> Path:
-    """Export the folder's transformer to ONNX (fp32) in the cache; returns the file.
+    """Export the folder's transformer to ONNX (fp32) in the cache, fused for inference; returns the file.
 
     ``head='embeddings'`` exports token states (``model.onnx``: input_ids, attention_mask ->
     last_hidden_state); ``head='relevance'`` exports a cross-encoder (``reranker.onnx``: input_ids,
-    attention_mask, token_type_ids -> logits). Written to a temporary folder and renamed, so a crash never
-    leaves a half-written model behind.
+    attention_mask, token_type_ids -> logits).
+
+    The graph comes from the TorchScript exporter over the model's eager attention: that is the pattern
+    onnxruntime's transformer optimizer recognises, so each layer becomes one ``Attention`` (or
+    ``MultiHeadAttention``) node, ``SkipLayerNormalization`` and ``BiasGelu``; the exported SDPA pattern of
+    the dynamo exporter fuses none of them. The fused graph is kept only when it gives the plain graph's
+    outputs on a padded probe batch (attention that does not fuse, such as MPNet's relative position bias,
+    stays as it was). Written to a temporary folder and renamed, so a crash never leaves a half-written
+    model behind.
     """
     relevance = head == "relevance"
     target = onnx_dir(folder) / ("reranker.onnx" if relevance else "model.onnx")
@@ -57,9 +67,12 @@ def export_onnx(folder: ModelFolder, *, head: str = "embeddings") -> Path:
         raise MissingExtraError(
             f"exporting {folder.path.name} to ONNX (first use only)", "torch", "torch"
         ) from exc
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     log.warning("exporting %s to ONNX once (cached in %s)", folder.path, target.parent)
     loader = AutoModelForSequenceClassification if relevance else AutoModel
-    model = loader.from_pretrained(str(folder.path), local_files_only=True).eval()
+    model = loader.from_pretrained(str(folder.path), local_files_only=True, attn_implementation="eager").eval()
     # (forward is wrapped by decorators in transformers 5: read its signature, not its code object)
     has_types = "token_type_ids" in inspect.signature(model.forward).parameters and \
         getattr(model.config, "type_vocab_size", 0) > 0
@@ -83,37 +96,107 @@ def export_onnx(folder: ModelFolder, *, head: str = "embeddings") -> Path:
             kwargs = {"token_type_ids": token_type_ids} if has_types else {}
             return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
 
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
     ids = torch.ones((2, 16), dtype=torch.long)
     mask = torch.ones((2, 16), dtype=torch.long)
-    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", min=2, max=folder.max_tokens)
+    if relevance:
+        module: torch.nn.Module = WrappedPairs().eval()
+        args: tuple[torch.Tensor, ...] = (ids, mask, torch.zeros_like(ids))
+        inputs, outputs = ["input_ids", "attention_mask", "token_type_ids"], ["logits"]
+    else:
+        module, args = Wrapped().eval(), (ids, mask)
+        inputs, outputs = ["input_ids", "attention_mask"], ["last_hidden_state"]
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".export-"))
     try:
-        shapes = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
+        plain = tmp / "plain.onnx"
         with torch.no_grad(), warnings.catch_warnings(), _quiet_loggers("torch"):
             warnings.simplefilter("ignore")
-            if relevance:
-                program = torch.onnx.export(
-                    WrappedPairs().eval(), (ids, mask, torch.zeros_like(ids)),
-                    input_names=["input_ids", "attention_mask", "token_type_ids"], output_names=["logits"],
-                    dynamic_shapes={**shapes, "token_type_ids": {0: batch, 1: seq}}, opset_version=18,
-                    dynamo=True, verbose=False,
+            try:
+                torch.onnx.export(
+                    module, args, str(plain), input_names=inputs, output_names=outputs, opset_version=17,
+                    dynamic_axes={n: {0: "batch", 1: "seq"} for n in inputs}
+                    | {outputs[0]: {0: "batch"} if relevance else {0: "batch", 1: "seq"}},
+                    do_constant_folding=True, dynamo=False,
                 )
-            else:
-                program = torch.onnx.export(
-                    Wrapped().eval(), (ids, mask), input_names=["input_ids", "attention_mask"],
-                    output_names=["last_hidden_state"], dynamic_shapes=shapes, opset_version=18, dynamo=True,
-                    verbose=False,
-                )
-        assert program is not None
-        program.save(str(tmp / target.name), external_data=False)
-        os.replace(tmp / target.name, target)
+            except Exception as exc:
+                log.warning("the TorchScript exporter failed on %s (%s); exporting with dynamo, unfused",
+                            folder.path, exc)
+                _export_dynamo(module, args, inputs, outputs, folder.max_tokens, plain)
+                os.replace(plain, target)
+                return target
+        fused = _fused(plain, tmp / "fused.onnx", model.config, vocab=int(model.config.vocab_size),
+                       relevance=relevance)
+        os.replace(fused or plain, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _export_dynamo(module: Any, args: tuple[Any, ...], inputs: list[str], outputs: list[str], max_tokens: int,
+                   path: Path) -> None:
+    import torch
+
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", min=2, max=max_tokens)
+    program = torch.onnx.export(module, args, input_names=inputs, output_names=outputs, opset_version=18,
+                                dynamic_shapes={n: {0: batch, 1: seq} for n in inputs}, dynamo=True,
+                                verbose=False)
+    if program is None:
+        raise RuntimeError("torch.onnx.export returned no program")
+    program.save(str(path), external_data=False)
+
+
+def _fused(plain: Path, out: Path, config: Any, *, vocab: int, relevance: bool) -> Path | None:
+    """``plain`` fused by onnxruntime's transformer optimizer into ``out``, or None when nothing fused or the
+    fused graph's outputs differ from the plain graph's on a padded probe batch."""
+    try:
+        from onnxruntime.transformers.optimizer import optimize_model
+    except ImportError:  # an onnxruntime build without the transformers tools
+        return None
+    heads, hidden = int(getattr(config, "num_attention_heads", 0)), int(getattr(config, "hidden_size", 0))
+    # The optimizer's modules log under their bare names (onnx_model_bert, fusion_attention, ...).
+    chatty = [n for n in logging.root.manager.loggerDict if n.startswith(("onnx", "fusion", "optimizer"))]
+    with warnings.catch_warnings(), _quiet_loggers(*chatty):
+        warnings.simplefilter("ignore")
+        try:
+            # opt_level 0: only the optimizer's own pattern fusions, offline; the session applies the rest.
+            model = optimize_model(str(plain), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0)
+        except Exception as exc:
+            log.warning("onnxruntime's optimizer could not fuse %s: %s", plain, exc)
+            return None
+        stats = model.get_fused_operator_statistics()
+        if not any(stats.get(op) for op in ("Attention", "MultiHeadAttention", "SkipLayerNormalization")):
+            return None
+        model.save_model_to_file(str(out))
+    if not _agree(plain, out, vocab=vocab, relevance=relevance):
+        log.warning("the fused graph of %s disagrees with the plain one; keeping the plain graph", plain)
+        return None
+    log.info("fused %s: %s", plain, {k: v for k, v in stats.items() if v})
+    return out
+
+
+def _agree(a: Path, b: Path, *, vocab: int, relevance: bool, tol: float = 1e-3) -> bool:
+    """Whether two graphs give the same outputs (at unpadded positions) on a padded batch of random tokens."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    lengths = [37, 12, 5]
+    ids = np.zeros((len(lengths), max(lengths)), np.int64)
+    mask = np.zeros_like(ids)
+    for row, n in enumerate(lengths):
+        ids[row, :n] = rng.integers(min(1000, vocab - 1), vocab, n)
+        mask[row, :n] = 1
+    feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+    results = []
+    for path in (a, b):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        names = {i.name for i in session.get_inputs()}
+        results.append(session.run(None, {k: v for k, v in feed.items() if k in names})[0])
+    x, y = results
+    if x.shape != y.shape:
+        return False
+    if not relevance:
+        x, y = x[mask.astype(bool)], y[mask.astype(bool)]
+    return bool(np.abs(x - y).max() <= tol)
 
 
 @contextlib.contextmanager
@@ -130,15 +213,22 @@ def _quiet_loggers(*names: str) -> Iterator[None]:
 
 
 def quantize_int8(fp32: Path) -> Path:
-    """Per-channel dynamic int8 quantisation of the exported model (cached beside it)."""
+    """Per-channel dynamic int8 quantisation of the exported model (cached beside it).
+
+    On the fused graph every MatMul, each ``Attention`` (as ``QAttention``) and the embedding lookup are
+    quantised. The optimizer's contrib ops defeat ONNX shape inference, hence ``DefaultTensorType``.
+    """
     target = fp32.with_name(f"{fp32.stem}-int8.onnx")
     if target.is_file():
         return target
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     log.warning("quantising %s to int8 (per-channel, dynamic) once", fp32)
     tmp = target.with_name(f".{target.stem}.{os.getpid()}.onnx")
-    quantize_dynamic(str(fp32), str(tmp), per_channel=True, weight_type=QuantType.QInt8)
+    with _quiet_loggers("root"):
+        quantize_dynamic(str(fp32), str(tmp), per_channel=True, weight_type=QuantType.QInt8,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     os.replace(tmp, target)
     return target
 
