@@ -1,7 +1,7 @@
 """embedsmith: turn text into vectors and make them useful, offline first."""
 
 from .chunking import chunk_text
-from .encoders import MODELS, TruncationWarning, load_encoder
+from .encoders import MODELS, TruncationWarning, VectorCache, load_encoder
 from .errors import (
     CollectionBusyError,
     CollectionExistsError,
@@ -55,6 +55,7 @@ __all__ = [
     "StoreReadOnlyError",
     "TopK",
     "TruncationWarning",
+    "VectorCache",
     "analogy",
     "chunk_text",
     "delete_collection",

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .chunking import DEFAULT_MAX_TOKENS, chunk_text, encoder_token_spans, model_budget
+from .encoders.cache import VectorCache, using_cache
 from .errors import FileFormatError, InvalidInputError
 from .io import decode_text, parse_jsonl, parse_table
 
@@ -59,9 +60,12 @@ class IndexReport:
     documents: int = 0
     chunks: int = 0
     files_pruned: int = 0
+    #: chunks whose vectors came from the vector cache (unchanged chunks of changed files, re-indexing)
+    chunks_cached: int = 0
 
     def summary(self) -> str:
-        parts = [f"{self.files_indexed} file(s) indexed ({self.documents} documents, {self.chunks} chunks)",
+        cached = f", {self.chunks_cached} from the vector cache" if self.chunks_cached else ""
+        parts = [f"{self.files_indexed} file(s) indexed ({self.documents} documents, {self.chunks} chunks{cached})",
                  f"{self.files_unchanged} unchanged"]
         if self.files_pruned:
             parts.append(f"{self.files_pruned} removed file(s) pruned")
@@ -241,6 +245,7 @@ def index_paths(
     prune: bool = False,
     batch_chunks: int = 512,
     show_progress: bool = False,
+    vector_cache: VectorCache | None = None,
 ) -> IndexReport:
     """Index files and folders into a collection (see the module docstring).
 
@@ -252,7 +257,25 @@ def index_paths(
         text_field, id_field: JSONL/CSV fields.
         prune: delete the chunks of files under ``paths`` that no longer exist.
         batch_chunks: chunks embedded and committed together (files are never split across commits).
+        vector_cache: a :class:`~embedsmith.encoders.cache.VectorCache`: chunks whose text (and model) it
+            has seen reuse their vectors (``embedsmith index`` uses the default one unless --no-vector-cache).
     """
+    if vector_cache is None:
+        return _index_paths(collection, paths, max_tokens=max_tokens, overlap=overlap, headings=headings,
+                            text_field=text_field, id_field=id_field, prune=prune, batch_chunks=batch_chunks,
+                            show_progress=show_progress)
+    with using_cache(collection.encoder, vector_cache):
+        hits = vector_cache.hits
+        report = _index_paths(collection, paths, max_tokens=max_tokens, overlap=overlap, headings=headings,
+                              text_field=text_field, id_field=id_field, prune=prune, batch_chunks=batch_chunks,
+                              show_progress=show_progress)
+        report.chunks_cached = vector_cache.hits - hits
+    return report
+
+
+def _index_paths(collection: Collection, paths: Sequence[str | Path], *, max_tokens: int | None, overlap: int,
+                 headings: bool | None, text_field: str, id_field: str | None, prune: bool, batch_chunks: int,
+                 show_progress: bool) -> IndexReport:
     from tqdm.auto import tqdm
 
     files = walk(paths)

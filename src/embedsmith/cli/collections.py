@@ -9,8 +9,19 @@ from typing import Annotated
 
 import typer
 
+from ..encoders.cache import VectorCache
 from . import render
-from .options import BackendOpt, CollectionOpt, JsonOpt, ModelOpt, StoreOpt, WhereOpt, load_model, parse_where
+from .options import (
+    BackendOpt,
+    CollectionOpt,
+    JsonOpt,
+    ModelOpt,
+    StoreOpt,
+    VectorCacheOpt,
+    WhereOpt,
+    load_model,
+    parse_where,
+)
 
 
 def index(
@@ -28,6 +39,7 @@ def index(
     text_field: Annotated[str, typer.Option(help="JSONL/CSV text field")] = "text",
     id_field: Annotated[str | None, typer.Option(help="JSONL/CSV id field (default _id or id)")] = None,
     prune: Annotated[bool, typer.Option(help="remove chunks of files that no longer exist")] = False,
+    vector_cache: VectorCacheOpt = True,
 ) -> None:
     """Chunk, embed and store files; unchanged files are skipped, changed ones replaced.
 
@@ -41,7 +53,8 @@ def index(
     enc = None if own_model else load_model(model, backend)
     with open_collection(collection, store=store, encoder=enc, metric=metric, precision=precision, dims=dims) as c:
         report = index_paths(c, paths, max_tokens=chunk_tokens, overlap=overlap, headings=headings,
-                             text_field=text_field, id_field=id_field, prune=prune, show_progress=True)
+                             text_field=text_field, id_field=id_field, prune=prune, show_progress=True,
+                             vector_cache=VectorCache() if vector_cache else None)
         render.print_index_report(report, c.info())
 
 
@@ -209,13 +222,15 @@ def reembed(
     model: ModelOpt,
     store: StoreOpt = None,
     backend: BackendOpt = "auto",
+    vector_cache: VectorCacheOpt = True,
 ) -> None:
     """Re-embed a collection's texts with another model into a new collection (ids and metadata kept).
 
     The target is marked incomplete until every record is in; an interrupted run resumes when run again."""
     from ..store import reembed_collection
 
-    report = reembed_collection(collection, to, load_model(model, backend), store=store, show_progress=True)
+    report = reembed_collection(collection, to, load_model(model, backend), store=store, show_progress=True,
+                                vector_cache=VectorCache() if vector_cache else None)
     print(f"{to}: {report['count']} records ({report['model']}, dim {report['dim']})"
           + (f", resumed after {report['resumed_after']}" if report["resumed"] else ""))
 

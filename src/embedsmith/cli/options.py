@@ -24,6 +24,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a t
 StoreOpt = Annotated[str | None, typer.Option(
     "--store", help="store folder (default: $EMBEDSMITH_HOME) or PostgreSQL DSN postgresql://user@host:port/db")]
 CollectionOpt = Annotated[str, typer.Option("--collection", "-c", help="collection name")]
+VectorCacheOpt = Annotated[bool, typer.Option(
+    "--vector-cache/--no-vector-cache",
+    help="reuse vectors of texts embedded before with the same model ($EMBEDSMITH_CACHE/vectors.sqlite)")]
 WhereOpt = Annotated[str | None, typer.Option(help='metadata filter as JSON, e.g. {"lang": "en"}')]
 
 

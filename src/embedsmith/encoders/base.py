@@ -136,6 +136,9 @@ class BaseEncoder:
     #: The backend's ``tokenizers.Tokenizer`` (no padding or truncation) when it has one; chunking reads
     #: token offsets from it.
     fast_tokenizer: Any = None
+    #: A :class:`~embedsmith.encoders.cache.VectorCache` that ``encode`` reads before running the model and
+    #: writes after (None: off, the library's default; ``embedsmith index`` turns it on).
+    vector_cache: Any = None
 
     # -- to implement -------------------------------------------------------------------------------
     def _token_lengths(self, texts: list[str], kind: Kind | None) -> list[int]:
@@ -253,7 +256,14 @@ class BaseEncoder:
             return quantize(np.zeros((0, out_dim), np.float32), p)
         seen = self.__dict__.setdefault("_modality_seen", set())
         warn_if_mismatched(items, english_only=self.english_only, name=self.name, seen=seen)
-        vectors = self._embed(items, k, batch_size or self.default_batch_size, show_progress)
+        size = batch_size or self.default_batch_size
+        if self.vector_cache is not None:
+            from .cache import cache_namespace
+
+            vectors = self.vector_cache.lookup(cache_namespace(self, self._prompt(k)), items, self.dim,
+                                               lambda missing: self._embed(missing, k, size, show_progress))
+        else:
+            vectors = self._embed(items, k, size, show_progress)
         if dims is not None:
             vectors = truncate_dims(vectors, dims, normalize=normalize)
         elif normalize:

@@ -276,6 +276,8 @@ class OnnxEncoder(BaseEncoder):
         self.prompts = dict(folder.prompts if prompts is None else prompts)
         self.backend = "onnx-int8" if quantize == "int8" else "onnx"
         self.fingerprint = f"{folder.digest()[:16]}:{self.backend}"
+        # Vectors of another export (or quantisation of it) differ slightly: a cache keeps them apart.
+        self.cache_id = f"{self.fingerprint}:export-v{EXPORT_VERSION}"
         path = export_onnx(folder)
         if quantize == "int8":
             path = quantize_int8(path)

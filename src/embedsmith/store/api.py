@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..encoders.cache import VectorCache, using_cache
 from ..errors import CollectionExistsError, InvalidInputError, StoreError
 from ..quantization import Int8Calibration
 from ..types import Encoder, Metric, Precision, parse_enum
@@ -190,6 +191,7 @@ def reembed_collection(
     store: str | os.PathLike[str] | None = None,
     batch: int = 256,
     show_progress: bool = False,
+    vector_cache: VectorCache | None = None,
 ) -> dict[str, Any]:
     """Embed a collection's records again with another encoder, into a new collection in the same store.
 
@@ -203,6 +205,8 @@ def reembed_collection(
         target: the collection to fill (created when missing).
         encoder: an encoder, or an alias/folder to load.
         batch: records embedded and committed together.
+        vector_cache: a :class:`~embedsmith.encoders.cache.VectorCache` the encoder reads and fills (texts
+            it has seen with this encoder are not embedded again).
 
     Returns:
         ``{"name", "target_name", "count", "resumed", "resumed_after", "model", "dim"}``: ``resumed`` when an
@@ -221,7 +225,7 @@ def reembed_collection(
         raise InvalidInputError(f"re-embedding needs a target other than the source, got {target!r} for both")
     batch = positive_int(batch, "batch")
     enc = _resolve_encoder(encoder)
-    with open_collection(name, store=store, create=False) as src:
+    with using_cache(enc, vector_cache), open_collection(name, store=store, create=False) as src:
         s = src.settings
         with open_collection(target, store=store, encoder=enc, metric=s.metric, precision=s.precision) as dst:
             resuming = dst.notes().get(REEMBED_NOTE) == name
