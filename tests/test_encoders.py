@@ -194,3 +194,18 @@ def test_e5_prefixes_are_not_doubled():
     np.testing.assert_allclose(enc.encode(["it is tall"], kind="document")[0], ref.passage("it is tall"), atol=1e-6)
     with pytest.warns(TruncationWarning, match="averaged 512-token windows"):
         enc.encode(["word " * 700])
+
+
+@pytest.mark.slow
+def test_pipelined_torch_path_gives_sentence_transformers_vectors(minilm_torch):
+    """The CUDA feeding path (tokenising thread, token-budget batches, vectors kept until the end), run on CPU:
+    the same vectors as sentence-transformers' encode, in input order, duplicates and all."""
+    from embedsmith.encoders.sentence_transformers import TorchEncoder
+
+    docs = cranfield_docs(40) + SEED + [SEED[0]]
+    piped = TorchEncoder(minilm_torch.folder, name="minilm", device="cpu", pipelined=True)
+    assert piped.pipelined and not minilm_torch.pipelined
+    ref, got = minilm_torch.encode(docs), piped.encode(docs, batch_size=8)
+    assert float((ref * got).sum(1).min()) >= 0.9999
+    with pytest.raises(InvalidInputError, match="CUDA only"):
+        load_encoder("minilm", backend="torch-fp16", device="cpu")

@@ -18,7 +18,7 @@ ModelOpt = Annotated[str | None, typer.Option(
     "--model", "-m", show_default=False, help="alias (see `embedsmith models`) or model folder [default: minilm]")]
 ModelsOpt = Annotated[list[str] | None, typer.Option(
     "--model", "-m", show_default=False, help="alias or model folder; repeat to compare [default: minilm]")]
-BackendOpt = Annotated[str, typer.Option(help="auto | torch | onnx | onnx-int8")]
+BackendOpt = Annotated[str, typer.Option(help="auto | torch | torch-fp16 (CUDA) | onnx | onnx-int8")]
 DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 StoreOpt = Annotated[str | None, typer.Option(

