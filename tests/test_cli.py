@@ -11,9 +11,10 @@ import pytest
 from conftest import SEED
 
 
-def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def run(*args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
-        [sys.executable, "-m", "embedsmith.cli", *args], capture_output=True, text=True, env=dict(os.environ)
+        [sys.executable, "-m", "embedsmith.cli", *args], capture_output=True, text=True,
+        env={**os.environ, **(env or {})},
     )
     if check and proc.returncode != 0:
         raise AssertionError(proc.stderr)

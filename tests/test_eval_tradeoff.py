@@ -41,6 +41,16 @@ def test_eval_cli_tasks_tradeoff_and_pipeline(tmp_path):
     data = json.loads(run("eval", "sts", str(sts), "--json", "--output", str(out)).stdout)
     assert data["task_name"] == "sts" and data["scores"]["test"][0]["main_score"] > 0.7
     assert json.loads(out.read_text()) == data
+    # --vector-cache: the first run fills the shared cache, the second reads it and scores the same
+    env = {"EMBEDSMITH_CACHE": str(tmp_path / "cache")}
+    first = json.loads(run("eval", "sts", str(sts), "--json", "--vector-cache", env=env).stdout)
+    from embedsmith import VectorCache
+
+    entries = VectorCache(tmp_path / "cache" / "vectors.sqlite").stats()["entries"]
+    assert entries > 400  # the distinct sentences of 300 pairs
+    again = json.loads(run("eval", "sts", str(sts), "--json", "--vector-cache", env=env).stdout)
+    assert again["scores"] == first["scores"] == data["scores"]
+    assert VectorCache(tmp_path / "cache" / "vectors.sqlite").stats()["entries"] == entries
     md, png = tmp_path / "t.md", tmp_path / "t.png"
     rows = json.loads(run("eval", "tradeoff", str(sts), "--dims", "64,full", "--report", str(md),
                           "--plot", str(png), "--json").stdout)["rows"]

@@ -5,12 +5,22 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from . import render
-from .options import BackendOpt, CollectionOpt, DeviceOpt, JsonOpt, ModelOpt, ModelsOpt, StoreOpt, load_model
+from .options import (
+    BackendOpt,
+    CollectionOpt,
+    DeviceOpt,
+    JsonOpt,
+    ModelOpt,
+    ModelsOpt,
+    StoreOpt,
+    VectorCacheOpt,
+    load_model,
+)
 
 eval_app = typer.Typer(
     help="Evaluate encoders on local data (MTEB's protocols), the dimension/precision trade-off, or a "
@@ -40,14 +50,21 @@ OutputOpt = Annotated[Path | None, typer.Option(help="write the results as JSON 
 
 def _run_task(task_type: str, path: Path, path2: Path | None, models: list[str], backend: str, device: str,
               split: str | None, dims: int | None, precision: str, text_column: str | None,
-              label_column: str | None, as_json: bool, output: Path | None) -> None:
+              label_column: str | None, as_json: bool, output: Path | None, vector_cache: bool = False) -> None:
+    from ..encoders.cache import VectorCache
     from ..evaluation import EmbeddingCache, load_task
 
     task = load_task(task_type, path, path2, split=split, text_column=text_column, label_column=label_column)
     render.warn_problems(task.problems)
     cache = EmbeddingCache(show_progress=not as_json)
-    results = [task.evaluate(load_model(m, backend, device), dims=dims, precision=precision, cache=cache)
-               for m in models]
+    shared = VectorCache() if vector_cache else None
+
+    def model(name: str) -> Any:
+        enc = load_model(name, backend, device)
+        enc.vector_cache = shared  # vectors of texts seen in earlier runs are read, not computed
+        return enc
+
+    results = [task.evaluate(model(m), dims=dims, precision=precision, cache=cache) for m in models]
     payload = [r.to_mteb() for r in results]
     if output is not None:
         output.write_text(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2) + "\n",
@@ -83,11 +100,12 @@ def _task_command(task_type: str) -> Callable[..., None]:
         label_column: Annotated[str | None, typer.Option(help="label column of labelled files")] = None,
         as_json: JsonOpt = False,
         output: OutputOpt = None,
+        vector_cache: VectorCacheOpt = False,
     ) -> None:
         from ..encoders import DEFAULT_MODEL
 
         _run_task(task_type, path, path2, model or [DEFAULT_MODEL], backend, device, split, dims, precision,
-                  text_column, label_column, as_json, output)
+                  text_column, label_column, as_json, output, vector_cache)
 
     return command
 
