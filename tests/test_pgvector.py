@@ -102,6 +102,7 @@ def test_migrate_both_ways_without_re_embedding(tmp_path, pg_server):
         c.add_vectors(v, [r["id"] for r in recs], texts=[r["text"] for r in recs],
                       metadata=[r["metadata"] for r in recs])
         c.delete(["r7"])
+        c.create_index("i")
         want = c.search(v[3], k=5, exact=True)
     with pg_schema(pg_server) as pg:
         report = migrate_collection("m", tmp_path / "a", pg, batch=64)
@@ -115,6 +116,7 @@ def test_migrate_both_ways_without_re_embedding(tmp_path, pg_server):
             assert got.ids == [f"r{i}" for i in truth]
             np.testing.assert_allclose(got.scores, v[truth] @ v[3], rtol=1e-5)
             assert c.get(["r7"]) == [] and c.get(["r8"])[0]["metadata"] == {"i": 8, "tags": ["x", 8]}
+            assert c.indexes() == ["i"]  # metadata indexes travel with the collection
         with pytest.raises(StoreError, match="collection 'm' already exists"):
             migrate_collection("m", tmp_path / "a", pg)
         out = CliRunner().invoke(app, ["migrate", "-c", "m", "--from", pg, "--to", str(tmp_path / "b")])
@@ -123,3 +125,4 @@ def test_migrate_both_ways_without_re_embedding(tmp_path, pg_server):
     assert list_collections(tmp_path / "b") == ["m"]
     with open_collection("m", store=tmp_path / "b") as c:
         assert c.count() == 299 and c.search(v[3], k=5, exact=True).ids == want.ids
+        assert c.indexes() == ["i"]

@@ -113,6 +113,7 @@ def _fill_source(store: Any) -> list[dict[str, Any]]:
         c.delete([f"r{i}" for i in range(0, n, 17)])
         c.upsert_vectors(rng.normal(size=(1, 32)).astype(np.float32), ["r5"], texts=["replaced"],
                          metadata=[{"i": 5, "replaced": True}])
+        c.create_index("i")
         return records(c)
 
 
@@ -144,6 +145,7 @@ def test_restore_into_the_other_backend_is_bit_for_bit(pg_server, tmp_path, dire
                 for r in got[::50]:
                     assert c.search(r["vector"], k=1, exact=True).ids == [r["id"]]
                 assert c.search(want[3]["vector"], k=3, where={"nested": {"$exists": True}}).ids
+                assert c.indexes() == ["i"]  # the source's metadata indexes are recreated
 
 
 def test_restore_onto_an_existing_name_needs_replace(store, tmp_path):

@@ -140,9 +140,9 @@ def migrate_collection(
     """Copy a collection to another store (e.g. SQLite -> PostgreSQL) without re-embedding.
 
     The copy gets the same settings (model fingerprint, prompts, metric, precision, dims, HNSW parameters),
-    ids, texts, index texts, metadata and float32 vectors, in write order. Afterwards the counts are compared
-    and ``sample`` records, spread over the collection, are read back from both sides and compared (vectors
-    bit for bit). On any failure the half-made copy is deleted.
+    ids, texts, index texts, metadata and float32 vectors, in write order, and the same metadata indexes.
+    Afterwards the counts are compared and ``sample`` records, spread over the collection, are read back from
+    both sides and compared (vectors bit for bit). On any failure the half-made copy is deleted.
 
     Returns:
         ``{"name", "target_name", "count", "checked"}``.
@@ -159,6 +159,8 @@ def migrate_collection(
         try:
             with dst:
                 n_dst = _copy_checked(src, dst, batch, show_progress, f"copying {name}")
+                for field in src.indexes():  # metadata indexes are the collection's too: the copy gets them
+                    dst.create_index(field)
                 n_src = src.count()
                 if n_src != n_dst:
                     raise StoreError(f"copied {n_dst} records of {name!r}, the source has {n_src}")
@@ -279,7 +281,7 @@ def snapshot_collection(name: str, path: str | os.PathLike[str], *,
             if isinstance(src, SqliteCollection):
                 count = src.backup(tmp)
             else:
-                count = write_snapshot(tmp, src.settings, src.export_records(batch=2000))
+                count = write_snapshot(tmp, src.settings, src.export_records(batch=2000), src.indexes())
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -299,7 +301,8 @@ def restore_collection(path: str | os.PathLike[str], *, name: str | None = None,
     """Restore a snapshot (see :func:`snapshot_collection`) into a store of either backend.
 
     The collection gets the snapshot's settings, a new identity, and its records in their order; the
-    derived indexes are built. With ``replace``, an existing collection of that name is replaced only once the
+    derived indexes are built, and the source's metadata indexes (:meth:`Collection.create_index`) recreated.
+    With ``replace``, an existing collection of that name is replaced only once the
     restored copy is complete (it is restored under a temporary name, then swapped in).
 
     Raises:
@@ -311,7 +314,7 @@ def restore_collection(path: str | os.PathLike[str], *, name: str | None = None,
     snap = Path(path).expanduser()
     if not snap.is_file():
         raise StoreError(f"no snapshot file {str(snap)!r}")
-    settings, count, batches = read_snapshot(snap)
+    settings, count, batches, indexes = read_snapshot(snap)
     dest = check_name(name or settings.name)
     target = store_for(store)
     exists = target.exists(dest)
@@ -331,6 +334,8 @@ def restore_collection(path: str | os.PathLike[str], *, name: str | None = None,
             restored = coll.count()
             if restored != count:
                 raise StoreError(f"restored {restored} records of {count} from {str(snap)!r}")
+            for field in indexes:  # the source's metadata indexes, built once the records are in
+                coll.create_index(field)
     except BaseException:
         target.delete(work)
         raise

@@ -1264,14 +1264,17 @@ def _live_records(conn: sqlite3.Connection, batch: int, dim: int) -> Iterator[Re
                           [_metadata(r[3]) for r in rows], vectors)
 
 
-def write_snapshot(path: Path, settings: CollectionSettings, batches: Iterator[RecordBatch]) -> int:
-    """A snapshot file (a collection database without derived files) from exported records; returns the count."""
+def write_snapshot(path: Path, settings: CollectionSettings, batches: Iterator[RecordBatch],
+                   indexes: Sequence[str] = ()) -> int:
+    """A snapshot file (a collection database without derived files) from exported records; returns the count.
+    ``indexes``: the metadata fields indexed in the source, recreated on restore."""
     _write_new(path, settings)
     conn = sqlite3.connect(str(path), isolation_level=None)
     n = 0
     try:
         conn.execute("PRAGMA journal_mode=DELETE")
         conn.execute("BEGIN")
+        conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('indexes', ?)", (json.dumps(sorted(indexes)),))
         for b in batches:
             extra = [None if x == t else x for x, t in zip(b.index_texts, b.texts, strict=True)]
             conn.executemany(
@@ -1285,12 +1288,14 @@ def write_snapshot(path: Path, settings: CollectionSettings, batches: Iterator[R
     return n
 
 
-def read_snapshot(path: Path, batch: int = 2000) -> tuple[CollectionSettings, int, Iterator[RecordBatch]]:
-    """The settings, live record count and records of a snapshot file (read-only)."""
+def read_snapshot(path: Path, batch: int = 2000
+                  ) -> tuple[CollectionSettings, int, Iterator[RecordBatch], list[str]]:
+    """The settings, live record count, records and indexed metadata fields of a snapshot file (read-only)."""
     try:
         conn = _connect_read_only(path, 10.0, immutable=True)
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         settings = CollectionSettings.from_meta(meta)
+        indexes = [str(f) for f in json.loads(meta.get("indexes") or "[]")]
         count = int(conn.execute("SELECT COUNT(*) FROM records WHERE deleted = 0").fetchone()[0])
     except sqlite3.Error as exc:
         raise translate(exc, f"cannot read snapshot {str(path)!r}") from exc
@@ -1305,7 +1310,7 @@ def read_snapshot(path: Path, batch: int = 2000) -> tuple[CollectionSettings, in
         finally:
             conn.close()
 
-    return settings, count, batches()
+    return settings, count, batches(), indexes
 
 
 __all__ = ["DB_NAME", "FolderStore", "IndexRebuildWarning", "IndexSaveWarning", "SqliteCollection",
