@@ -628,6 +628,10 @@ class Collection(abc.ABC):
         rerank: Reranker | None = None,
         group_by: str | None = None,
         include: Sequence[str] | None = None,
+        diversity: float | None = None,
+        dedup: bool | float | None = None,
+        boost: Mapping[str, float] | None = None,
+        decay: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
     ) -> Hits:
         """Search the collection.
 
@@ -653,6 +657,17 @@ class Collection(abc.ABC):
             include: what hits carry besides ids and scores: 'texts', 'metadata' (default both). Leaving them
                 out lets a dense search skip reading them (as Chroma's ``include``); hits then hold None
                 texts and empty metadata.
+            diversity: in [0, 1]: maximal marginal relevance over the hits' vectors (lambda = 1 - diversity);
+                0 keeps relevance order, 1 is most diverse. Hits then come in MMR's order.
+            dedup: True (cosine 0.95) or a cosine threshold: overlapping chunks of one document merge into
+                the better one (offsets and text widened), and near-copies of a better hit are dropped.
+            boost: ``{field: weight}``: adds ``weight * value`` of numeric metadata to the relevance.
+            decay: ``{"field", "origin", "scale", "decay"=0.5, "function"="exp"|"gauss"|"linear",
+                "offset"=0}`` (or a list): multiplies the relevance by a decay in the distance of a numeric
+                or ISO 8601 date field from ``origin`` ('now' allowed), as Qdrant's decay functions.
+                With boost or decay, scores are the shaped relevance: the pool's scores as a share of the best,
+                times the decays, plus the boosts (see :mod:`embedsmith.shaping`). Shaping runs after
+                filters, the first stage, grouping and reranking, on a pool of max(4k, 50, candidates).
 
         Returns:
             :class:`Hits`, best first, ties broken by id. Dense scores are higher-is-better (negated
@@ -663,6 +678,7 @@ class Collection(abc.ABC):
         if (where is None and mode == "dense" and type(k) is int and 0 < k <= MAX_K and not exact
                 and isinstance(include, (list, tuple)) and all(x in ("ids", "scores") for x in include)
                 and rerank is None and group_by is None and rescore is None and isinstance(query, np.ndarray)
+                and diversity is None and dedup is None and boost is None and decay is None
                 and (ef is None or (type(ef) is int and ef > 0))):
             # The common call of an application (a vector, ids and scores, no filter) in a straight line;
             # anything it cannot answer exactly as the general path would (None) goes that way.
@@ -671,7 +687,8 @@ class Collection(abc.ABC):
                 return found
         request = SearchRequest.checked(query, k, mode=mode, ef=ef if ef is not None else self.ef_search,
                                         exact=exact, rescore=rescore, fusion=fusion, alpha=alpha, rrf_k=rrf_k,
-                                        candidates=candidates, rerank=rerank, group_by=group_by, include=include)
+                                        candidates=candidates, rerank=rerank, group_by=group_by, include=include,
+                                        diversity=diversity, dedup=dedup, boost=boost, decay=decay)
         return run_search(self, request, self._compile_where(where))
 
     @translated
@@ -692,6 +709,10 @@ class Collection(abc.ABC):
         rerank: Reranker | None = None,
         group_by: str | None = None,
         include: Sequence[str] | None = None,
+        diversity: float | None = None,
+        dedup: bool | float | None = None,
+        boost: Mapping[str, float] | None = None,
+        decay: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
     ) -> list[Hits]:
         """:meth:`search` for each of ``queries`` (texts, vectors, or a [n, dim] array), with the same options.
 
@@ -717,7 +738,8 @@ class Collection(abc.ABC):
             raise InvalidInputError(f"{len(items)} queries in one call; at most {MAX_QUERIES}")
         requests = [SearchRequest.checked(q, k, mode=mode, ef=ef if ef is not None else self.ef_search, exact=exact,
                                           rescore=rescore, fusion=fusion, alpha=alpha, rrf_k=rrf_k,
-                                          candidates=candidates, rerank=rerank, group_by=group_by, include=include)
+                                          candidates=candidates, rerank=rerank, group_by=group_by, include=include,
+                                          diversity=diversity, dedup=dedup, boost=boost, decay=decay)
                     for q in items]
         return run_many(self, requests, self._compile_where(where))
 

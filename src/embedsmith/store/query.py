@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import InvalidInputError
 from ..search import RRF_K, best_per_group, reciprocal_rank_fusion, weighted_fusion
+from ..shaping import Shaping, shape
 from ..types import Hits
 from .base import Candidate, best_first
 from .filters import CompiledFilter
@@ -88,11 +89,13 @@ class SearchRequest:
     rerank: Reranker | None
     group_by: str | None
     include: frozenset[str] = INCLUDABLE
+    shaping: Shaping | None = None
 
     @classmethod
     def checked(cls, query: Any, k: Any, *, mode: str, ef: Any, exact: bool, rescore: Any, fusion: str,
                 alpha: float, rrf_k: int, candidates: Any, rerank: Reranker | None,
-                group_by: str | None, include: Sequence[str] | None = None) -> SearchRequest:
+                group_by: str | None, include: Sequence[str] | None = None, diversity: Any = None,
+                dedup: Any = None, boost: Any = None, decay: Any = None) -> SearchRequest:
         k = positive_int(k, "k")
         if k > MAX_K:
             raise InvalidInputError(f"k={k} is more hits than one search returns (at most {MAX_K}); page with a filter")
@@ -126,18 +129,22 @@ class SearchRequest:
             if unknown:
                 raise InvalidInputError(f"include: unknown {unknown[0]!r}; choose from ids, scores, texts, metadata")
             shown = frozenset(include) & INCLUDABLE
-        return cls(query, k, mode, ef, bool(exact), rescore, strategy, candidates, rerank, group_by, shown)
+        shaping = Shaping.checked(diversity=diversity, dedup=dedup, boost=boost, decay=decay)
+        return cls(query, k, mode, ef, bool(exact), rescore, strategy, candidates, rerank, group_by, shown, shaping)
 
     @property
     def light(self) -> bool:
         """Only ids and scores leave the search, and nothing in it reads texts or metadata."""
-        return not self.include and self.rerank is None and self.group_by is None
+        return not self.include and self.rerank is None and self.group_by is None and self.shaping is None
 
     @property
     def first_stage(self) -> int:
-        """Candidates the first stage returns: k, the rerank pool, and room for grouping."""
+        """Candidates the first stage returns: k, the rerank pool, and room for grouping and shaping."""
         n = (self.candidates or 100) if self.rerank is not None else self.k
-        return n * 5 if self.group_by is not None else n  # room for several chunks of one document
+        if self.shaping is not None:  # dedup and diversity choose among more than k
+            n = max(n, self.candidates or 0, 4 * self.k, 50)
+        n = n * 5 if self.group_by is not None else n  # room for several chunks of one document
+        return min(n, MAX_K)
 
 
 def group_key(c: Candidate, field: str) -> Any:
@@ -183,22 +190,41 @@ def shown(hits: Hits, include: frozenset[str]) -> Hits:
                 first_stage_scores=hits.first_stage_scores, rerank_logits=hits.rerank_logits)
 
 
-def rerank_candidates(r: SearchRequest, reranker: Reranker, ranked: list[Candidate]) -> Hits:
+def reranked_pool(r: SearchRequest, reranker: Reranker, ranked: list[Candidate]
+                  ) -> tuple[list[Candidate], dict[str, tuple[float, float]]]:
+    """The rerank pool (the first ``candidates`` of ``ranked``) ordered by the reranker, scored with its
+    probability; and each id's (first-stage score, logit)."""
     pool = ranked[: r.candidates or 100]
     missing = [c.id for c in pool if not c.text]
     if missing:
         raise InvalidInputError(f"record {missing[0]!r} has no text to rerank")
     order = reranker.rerank(str(r.query), [str(c.text) for c in pool])
     order.sort(key=lambda o: (-o[2], pool[o[0]].id))
-    top = order[: r.k]
-    hits = hits_of([pool[i].rescored(p) for i, p, _ in top])
+    return [pool[i].rescored(p) for i, p, _ in order], {pool[i].id: (pool[i].score, lg) for i, _, lg in order}
+
+
+def rerank_candidates(r: SearchRequest, reranker: Reranker, ranked: list[Candidate]) -> Hits:
+    pool, before = reranked_pool(r, reranker, ranked)
+    return with_rerank(hits_of(pool[: r.k]), before)
+
+
+def with_rerank(hits: Hits, before: dict[str, tuple[float, float]]) -> Hits:
     return Hits(hits.ids, hits.scores, hits.texts, hits.metadata,
-                first_stage_scores=[pool[i].score for i, _, _ in top], rerank_logits=[lg for _, _, lg in top])
+                first_stage_scores=[before[i][0] for i in hits.ids], rerank_logits=[before[i][1] for i in hits.ids])
+
+
+def unit_vectors(coll: Collection, cands: Sequence[Candidate]) -> np.ndarray:
+    """The stored vectors of ``cands`` (full dimension, float32), scaled to unit length, in order."""
+    rows = {row["id"]: row["vector"] for row in coll.get([c.id for c in cands], include_vectors=True)}
+    if not cands:
+        return np.zeros((0, coll.settings.dim), np.float32)
+    v = np.stack([np.asarray(rows[c.id], np.float32) for c in cands])
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
 
 
 def run_search(coll: Collection, r: SearchRequest, flt: CompiledFilter) -> Hits:
-    """Filters, the first stage, grouping, then reranking and the top k."""
-    return finish(r, first_stage(coll, r, flt))
+    """Filters, the first stage, grouping, then reranking, shaping and the top k."""
+    return finish(r, first_stage(coll, r, flt), coll)
 
 
 def run_many(coll: Collection, rs: Sequence[SearchRequest], flt: CompiledFilter) -> list[Hits]:
@@ -208,17 +234,24 @@ def run_many(coll: Collection, rs: Sequence[SearchRequest], flt: CompiledFilter)
         return [run_search(coll, each, flt) for each in rs]
     vectors = coll._query_vectors([each.query for each in rs])
     found = coll._dense_many(vectors, r.first_stage, flt, ef=r.ef, exact=r.exact, rescore=r.rescore, light=r.light)
-    return [finish(each, ranked) for each, ranked in zip(rs, found, strict=True)]
+    return [finish(each, ranked, coll) for each, ranked in zip(rs, found, strict=True)]
 
 
-def finish(r: SearchRequest, ranked: list[Candidate]) -> Hits:
-    """Grouping, then reranking (or not) and the top k, with only what the caller asked for."""
+def finish(r: SearchRequest, ranked: list[Candidate], coll: Collection) -> Hits:
+    """Grouping, then reranking (or not), shaping and the top k, with only what the caller asked for."""
     if r.group_by is not None:
         field = r.group_by
         ranked = best_per_group(ranked, lambda c: group_key(c, field))
-    if r.rerank is None:
-        return shown(hits_of(ranked[: r.k]), r.include)
-    return shown(rerank_candidates(r, r.rerank, ranked), r.include)
+    if r.shaping is None:
+        if r.rerank is None:
+            return shown(hits_of(ranked[: r.k]), r.include)
+        return shown(rerank_candidates(r, r.rerank, ranked), r.include)
+    before: dict[str, tuple[float, float]] | None = None
+    if r.rerank is not None:
+        ranked, before = reranked_pool(r, r.rerank, ranked)
+    vectors = unit_vectors(coll, ranked) if r.shaping.needs_vectors else None
+    hits = hits_of(shape(ranked, vectors, r.shaping, r.k))
+    return shown(with_rerank(hits, before) if before is not None else hits, r.include)
 
 
 __all__ = ["MAX_QUERIES", "MODES", "Fusion", "RrfFusion", "SearchRequest", "WeightedFusion", "finish", "fusion_for",

@@ -1,0 +1,97 @@
+"""RAG-ready results: diversity (MMR), dedup, boosts and decay, on hand-made vectors and on real chunks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embedsmith import InvalidInputError, index_paths, open_collection
+
+CRAN = Path(__file__).parent / "data" / "cranfield" / "corpus.jsonl"
+
+
+def unit(*xs: float) -> np.ndarray:
+    v = np.array(xs, np.float32)
+    return v / np.linalg.norm(v)
+
+
+@pytest.fixture
+def near_copies(store):  # type: ignore[no-untyped-def]
+    """a1 and a2 nearly the same, both closest to the query; b almost as close but unlike them; c far."""
+    with open_collection("m", store=store, dim=4) as c:
+        c.add_vectors(np.stack([unit(1, 0.2, 0, 0), unit(1, 0.19, 0, 0.01), unit(0.15, 1, 0.1, 0), unit(0, 0, 0, 1)]),
+                      ["a1", "a2", "b", "c"], texts=["a one", "a two", "b", "c"],
+                      metadata=[{"year": 2001, "w": 0}, {"year": 2023, "w": 1}, {"year": 2024, "w": 0},
+                                {"year": "unknown"}])
+        yield c
+
+
+Q = unit(1, 1, 0, 0)  # cosines: a1 0.832, a2 0.827, b 0.800, c 0
+
+
+def test_diversity_orders_by_maximal_marginal_relevance(near_copies):
+    q = Q
+    assert near_copies.search(q, k=3).ids == ["a1", "a2", "b"]
+    assert near_copies.search(q, k=2, diversity=0).ids == ["a1", "a2"]
+    # lambda 0.5: after a1, b (0.5 * 0.96 - 0.5 * 0.33 = 0.32) beats a2 (0.5 * 0.99 - 0.5 * 1.00 < 0), a copy of a1
+    assert near_copies.search(q, k=2, diversity=0.5).ids == ["a1", "b"]
+    # then c (relevance 0, but unlike both) beats a2 (still a copy): MMR's trade, as specified
+    assert near_copies.search(q, k=3, diversity=0.5).ids == ["a1", "b", "c"]
+    assert near_copies.search(q, k=2, diversity=0.02).ids == ["a1", "a2"]  # near 0, relevance still wins
+    many = near_copies.search_many([q, q], k=2, diversity=0.5)
+    assert [h.ids for h in many] == [["a1", "b"]] * 2
+
+
+def test_dedup_drops_near_copies_of_a_better_hit(near_copies):
+    q = Q
+    assert near_copies.search(q, k=3, dedup=True).ids == ["a1", "b", "c"]
+    assert near_copies.search(q, k=3, dedup=0.99999).ids == ["a1", "a2", "b"]  # a stricter threshold keeps a2
+
+
+def test_boost_and_decay_reorder_and_name_bad_input(near_copies):
+    q = Q
+    boosted = near_copies.search(q, k=3, boost={"w": 1.0}, where={"w": {"$exists": True}})
+    assert boosted.ids[0] == "a2" and boosted.scores[0] == pytest.approx(1 + 0.827 / 0.832, abs=1e-3)
+    recent = near_copies.search(q, k=3, decay={"field": "year", "origin": 2024, "scale": 2, "decay": 0.5},
+                                where={"w": {"$exists": True}})
+    assert recent.ids[0] in ("a2", "b") and recent.ids[-1] == "a1"
+    on_dates = near_copies.search(q, k=3, where={"w": {"$exists": True}},
+                                  decay={"field": "year", "origin": 2024, "scale": 100, "function": "linear"})
+    assert len(on_dates) == 3
+    with pytest.raises(InvalidInputError, match="'year' needs a number"):
+        near_copies.search(q, k=4, decay={"field": "year", "origin": 2024, "scale": 2})  # c's year is a string
+    for bad in ({"diversity": 1.5}, {"diversity": -0.1}, {"dedup": 0}, {"dedup": 2}, {"boost": {"w": "x"}},
+                {"boost": {}}, {"decay": {"field": "year", "origin": 1}}, {"decay": {"field": "year", "origin": 1,
+                                                                                    "scale": 0}},
+                {"decay": {"field": "year", "origin": "last tuesday", "scale": 1}},
+                {"decay": {"field": "year", "origin": 1, "scale": 1, "function": "cubic"}}):
+        with pytest.raises(InvalidInputError):
+            near_copies.search(q, k=2, **bad)
+
+
+def test_dedup_merges_overlapping_chunks_of_one_document(tmp_path, minilm_onnx):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    rows = [json.loads(x) for x in CRAN.read_text().splitlines()[:30]]
+    text = " ".join(r["text"] for r in rows[:6])  # one long document, chunked with a large overlap
+    (docs / "long.txt").write_text(text)
+    (docs / "other.jsonl").write_text("".join(json.dumps({"id": r["_id"], "text": r["text"]}) + "\n"
+                                              for r in rows[6:]))
+    with open_collection("kb", store=tmp_path / "s", encoder=minilm_onnx) as c:
+        index_paths(c, [docs], max_tokens=64, overlap=32)
+        query = rows[2]["text"][:120]
+        plain = c.search(query, k=10)
+        spans = [(h.metadata["start"], h.metadata["end"]) for h in plain if h.metadata["source"].endswith("long.txt")]
+        overlapping = any(a[0] < b[1] and b[0] < a[1] for i, a in enumerate(spans) for b in spans[i + 1 :])
+        assert overlapping  # the case dedup is for: neighbouring windows of one text both rank
+        merged = c.search(query, k=10, dedup=True)
+        kept = [h for h in merged if h.metadata["source"].endswith("long.txt")]
+        for i, a in enumerate(kept):
+            for b in kept[i + 1 :]:
+                assert a.metadata["end"] <= b.metadata["start"] or b.metadata["end"] <= a.metadata["start"]
+            assert a.text == text[a.metadata["start"] : a.metadata["end"]]  # offsets slice the document exactly
+        assert any(len(h.metadata.get("merged", [])) > 1 for h in kept)
+        assert merged.ids[0] == plain.ids[0]
