@@ -95,3 +95,86 @@ def test_dedup_merges_overlapping_chunks_of_one_document(tmp_path, minilm_onnx):
             assert a.text == text[a.metadata["start"] : a.metadata["end"]]  # offsets slice the document exactly
         assert any(len(h.metadata.get("merged", [])) > 1 for h in kept)
         assert merged.ids[0] == plain.ids[0]
+
+
+@pytest.fixture(scope="module")
+def kb(tmp_path_factory, minilm_onnx):  # type: ignore[no-untyped-def]
+    """40 Cranfield documents with titles, chunked small with overlap (so neighbours and merges happen)."""
+    root = tmp_path_factory.mktemp("rag")
+    rows = [json.loads(x) for x in CRAN.read_text().splitlines()[:40]]
+    (root / "corpus.jsonl").write_text("".join(json.dumps({"id": r["_id"], "title": r["title"], "text": r["text"]})
+                                               + "\n" for r in rows))
+    store = root / "store"
+    with open_collection("kb", store=store, encoder=minilm_onnx) as c:
+        index_paths(c, [root / "corpus.jsonl"], max_tokens=48, overlap=12)
+    full = {r["_id"]: f"{r['title']}\n\n{r['text']}" for r in rows}
+    return store, full
+
+
+QUESTION = "what is the effect of heat transfer on boundary layer flow"
+
+
+def test_context_fits_the_budget_and_cites_exact_offsets(kb, minilm_onnx):
+    store, full = kb
+    count = lambda text: len(minilm_onnx.token_spans(text))  # noqa: E731 - the encoder's own tokens
+    with open_collection("kb", store=store, encoder=minilm_onnx) as c:
+        for budget in (60, 300, 1200):
+            ctx = c.context(QUESTION, budget_tokens=budget)
+            assert ctx.passages and ctx.tokens == count(ctx.to_markdown()) <= budget  # citations count too
+            seen: dict[str, int] = {}
+            for p in ctx.passages:
+                assert p.text == full[p.doc_id][p.start : p.end]  # offsets slice the document exactly
+                if p.doc_id in seen:  # grouped by document, in document order, never overlapping
+                    assert list(seen)[-1] == p.doc_id and p.start >= seen[p.doc_id]
+                seen[p.doc_id] = p.end
+        big = c.context(QUESTION, budget_tokens=1200)
+        assert any(len(p.text) > 0 and p.end - p.start > max(len(h.text or "") for h in c.search(QUESTION, k=20))
+                   for p in big.passages)  # widened or merged beyond a single chunk
+        as_json = c.context(QUESTION, budget_tokens=300, format="json")
+        assert as_json.tokens == sum(count(p.text) for p in as_json.passages) <= 300
+        words = c.context(QUESTION, budget_tokens=100, tokenizer=lambda t: len(t.split()), format="json")
+        assert sum(len(p.text.split()) for p in words.passages) == words.tokens <= 100
+        for bad in ({"budget_tokens": 0}, {"budget_tokens": -5}, {"budget_tokens": 1.5}, {"format": "xml"},
+                    {"widen_above": 2}, {"tokenizer": 42}):
+            with pytest.raises(InvalidInputError):
+                c.context(QUESTION, **bad)
+        with pytest.raises(InvalidInputError, match="count"):
+            c.context(QUESTION, tokenizer=lambda t: -1)
+
+
+def test_context_is_the_same_from_the_library_the_cli_and_http(kb, minilm_onnx):
+    import os
+    import subprocess
+    import sys
+
+    from fastapi.testclient import TestClient
+
+    from embedsmith.server import ServerSettings, create_app
+
+    store, _ = kb
+    with open_collection("kb", store=store, encoder=minilm_onnx) as c:
+        want = c.context(QUESTION, budget_tokens=400, format="json").to_dict()
+        md = c.context(QUESTION, budget_tokens=400).to_markdown()
+    proc = subprocess.run([sys.executable, "-m", "embedsmith.cli", "context", QUESTION, "-c", "kb", "--store",
+                           str(store), "--budget", "400", "--format", "json"], capture_output=True, text=True,
+                          env=dict(os.environ))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == want
+    bad = subprocess.run([sys.executable, "-m", "embedsmith.cli", "context", QUESTION, "-c", "kb", "--store",
+                          str(store), "--budget", "0"], capture_output=True, text=True, env=dict(os.environ))
+    assert bad.returncode == 1 and "budget_tokens" in bad.stderr and "Traceback" not in bad.stderr
+    app = create_app(ServerSettings(store=str(store)), encoders={"minilm": minilm_onnx})
+    with TestClient(app, base_url="http://127.0.0.1") as http:
+        res = http.post("/v1/collections/kb/context", json={"query": QUESTION, "budget_tokens": 400,
+                                                              "format": "json"})
+        assert res.status_code == 200, res.text
+        body = res.json()
+        assert {k: body[k] for k in ("tokens", "budget", "passages")} == want
+        res = http.post("/v1/collections/kb/context", json={"query": QUESTION, "budget_tokens": 400})
+        assert res.json()["markdown"] == md
+        assert http.post("/v1/collections/kb/context", json={"query": QUESTION, "budget_tokens": 0}).status_code == 422
+        shaped = http.post("/v1/collections/kb/search", json={"query": QUESTION, "k": 5, "diversity": 0.5,
+                                                             "dedup": True})
+        assert shaped.status_code == 200 and len(shaped.json()["data"]) == 5
+        assert http.post("/v1/collections/kb/search", json={"query": QUESTION, "decay": {"field": "title",
+                                                            "origin": 1, "scale": 1}}).status_code == 400

@@ -20,6 +20,7 @@ from .options import (
     VectorCacheOpt,
     WhereOpt,
     load_model,
+    parse_json_option,
     parse_where,
 )
 
@@ -73,9 +74,50 @@ def search(
     group_by: Annotated[str | None, typer.Option(help="best hit per metadata field, e.g. source")] = None,
     exact: Annotated[bool, typer.Option(help="brute-force dense search")] = False,
     ef: Annotated[int | None, typer.Option(help="HNSW search breadth")] = None,
+    diversity: Annotated[float | None, typer.Option(help="0..1: MMR diversity (0 = relevance order)")] = None,
+    dedup: Annotated[bool, typer.Option(help="merge overlapping chunks of a document, drop near-copies")] = False,
+    boost: Annotated[str | None, typer.Option(help='score boosts as JSON, e.g. {"stars": 0.1}')] = None,
+    decay: Annotated[str | None, typer.Option(
+        help='decay as JSON, e.g. {"field": "date", "origin": "now", "scale": 2592000}')] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Search a collection (dense, bm25 or hybrid; optionally reranked)."""
+    """Search a collection (dense, bm25 or hybrid; optionally reranked, diversified, deduplicated, boosted)."""
+    from ..store import open_collection
+
+    flt = parse_where(where)
+    boosts, decays = parse_json_option(boost, "--boost"), parse_json_option(decay, "--decay")
+    reranker = None
+    if rerank is not None:
+        from ..rerankers import Reranker
+
+        reranker = Reranker(rerank)
+    with open_collection(collection, store=store, create=False) as c:
+        hits = c.search(query, k=k, mode=mode, where=flt, exact=exact, ef=ef,
+                        fusion="weighted" if alpha is not None else fusion, alpha=0.5 if alpha is None else alpha,
+                        rerank=reranker, candidates=candidates, group_by=group_by, diversity=diversity,
+                        dedup=True if dedup else None, boost=boosts, decay=decays)
+    if as_json:
+        render.print_json({"collection": collection, "query": query, "mode": mode, "hits": hits.to_dicts()},
+                          ensure_ascii=False)
+        return
+    render.print_hits(collection, query, mode, hits, reranked=reranker is not None)
+
+
+def context(
+    query: Annotated[str, typer.Argument(help="the question")],
+    collection: CollectionOpt,
+    store: StoreOpt = None,
+    budget: Annotated[int, typer.Option(help="the most tokens the context may take")] = 2000,
+    fmt: Annotated[str, typer.Option("--format", help="markdown | json")] = "markdown",
+    k: Annotated[int, typer.Option("-k", help="chunks searched before widening")] = 20,
+    mode: Annotated[str, typer.Option(help="dense | bm25 | hybrid")] = "dense",
+    where: WhereOpt = None,
+    rerank: Annotated[Path | None, typer.Option(help="cross-encoder folder to rerank with")] = None,
+    tokenizer: Annotated[str | None, typer.Option(
+        help="count tokens with this tokenizer.json, model folder or alias (default: the collection's model)")] = None,
+    widen: Annotated[bool, typer.Option(help="add the neighbouring chunks of well-scored hits")] = True,
+) -> None:
+    """The best passages for a question, merged, cited and within a token budget, ready for an LLM."""
     from ..store import open_collection
 
     flt = parse_where(where)
@@ -85,14 +127,12 @@ def search(
 
         reranker = Reranker(rerank)
     with open_collection(collection, store=store, create=False) as c:
-        hits = c.search(query, k=k, mode=mode, where=flt, exact=exact, ef=ef,
-                        fusion="weighted" if alpha is not None else fusion, alpha=0.5 if alpha is None else alpha,
-                        rerank=reranker, candidates=candidates, group_by=group_by)
-    if as_json:
-        render.print_json({"collection": collection, "query": query, "mode": mode, "hits": hits.to_dicts()},
-                          ensure_ascii=False)
+        ctx = c.context(query, budget_tokens=budget, k=k, mode=mode, where=flt, rerank=reranker,
+                        tokenizer=tokenizer, widen=widen, format=fmt)
+    if fmt == "json":
+        render.print_json(ctx.to_dict(), ensure_ascii=False)
         return
-    render.print_hits(collection, query, mode, hits, reranked=reranker is not None)
+    sys.stdout.write(ctx.to_markdown() + "\n")
 
 
 def delete(

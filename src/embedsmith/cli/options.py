@@ -51,3 +51,15 @@ def parse_where(where: str | None) -> dict[str, Any] | None:
     if not isinstance(flt, dict):
         raise InvalidInputError(f"--where must be a JSON object, got {where!r}")
     return flt
+
+
+def parse_json_option(value: str | None, name: str) -> Any:
+    """A JSON option's value (checked further by the library), or None."""
+    if value is None:
+        return None
+    from ..errors import InvalidInputError
+
+    try:
+        return json.loads(value)
+    except ValueError as exc:
+        raise InvalidInputError(f"{name} is not JSON: {exc}") from None

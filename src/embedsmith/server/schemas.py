@@ -212,6 +212,43 @@ class SearchRequest(BaseModel):
     fusion: Literal["rrf", "weighted"] = "rrf"
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="dense weight for weighted fusion")
     group_by: str | None = Field(None, description="keep the best hit per value of this metadata field")
+    diversity: float | None = Field(None, ge=0.0, le=1.0, description="MMR diversity (0 = relevance order)")
+    dedup: bool | float | None = Field(None, description="true or a cosine threshold: merge overlapping chunks "
+                                                         "of a document and drop near-copies")
+    boost: dict[str, float] | None = Field(None, description="score boosts from numeric metadata, {field: weight}")
+    decay: dict[str, Any] | list[dict[str, Any]] | None = Field(
+        None, description="decay on a numeric or date field: {field, origin, scale, decay, function, offset}")
+
+
+class ContextRequest(BaseModel):
+    query: str
+    budget_tokens: int = Field(2000, ge=1, le=1_000_000)
+    format: Literal["markdown", "json"] = "markdown"
+    k: int = Field(20, ge=1, le=1000, description="chunks searched before widening")
+    mode: Literal["dense", "bm25", "hybrid"] = "dense"
+    where: dict[str, Any] | None = None
+    rerank: bool = Field(False, description="rerank with the server's cross-encoder first")
+    widen: bool = Field(True, description="add the neighbouring chunks of well-scored hits")
+
+
+class ContextPassage(BaseModel):
+    doc_id: str
+    source: str | None
+    title: str | None
+    start: int | None
+    end: int | None
+    text: str
+    score: float
+
+
+class ContextResponse(BaseModel):
+    object: Literal["context"] = "context"
+    collection: str
+    query: str
+    tokens: int
+    budget: int
+    passages: list[ContextPassage]
+    markdown: str | None = Field(None, description="the packed context as cited markdown (format=markdown)")
 
 
 class SearchHit(BaseModel):

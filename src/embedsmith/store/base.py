@@ -38,6 +38,7 @@ from .validate import (
 )
 
 if TYPE_CHECKING:
+    from ..context import Context
     from ..rerankers import Reranker
 
 
@@ -742,6 +743,16 @@ class Collection(abc.ABC):
                                           diversity=diversity, dedup=dedup, boost=boost, decay=decay)
                     for q in items]
         return run_many(self, requests, self._compile_where(where))
+
+    def context(self, query: str, *, budget_tokens: int = 2000, k: int = 20, mode: str = "dense",
+                where: Where | None = None, rerank: Reranker | None = None, tokenizer: Any = None,
+                widen: bool = True, widen_above: float = 0.8, format: str = "markdown") -> Context:
+        """The best passages for ``query`` within ``budget_tokens``: searched, widened with neighbouring chunks,
+        merged by offsets, cited and packed (see :func:`embedsmith.context.pack_context`)."""
+        from ..context import pack_context
+
+        return pack_context(self, query, budget_tokens=budget_tokens, k=k, mode=mode, where=where, rerank=rerank,
+                            tokenizer=tokenizer, widen=widen, widen_above=widen_above, format=format)
 
     def _bm25_worker(self) -> ThreadPoolExecutor:
         if self._executor is None:

@@ -128,8 +128,27 @@ async def search(name: str, body: s.SearchRequest, service: ServiceDep) -> dict[
         coll = service.collection(name)
         hits = coll.search(body.query, k=body.k, mode=body.mode, where=body.where, fusion=body.fusion,
                            alpha=body.alpha, candidates=body.candidates, group_by=body.group_by,
-                           rerank=service.reranker if body.rerank else None)
+                           rerank=service.reranker if body.rerank else None, diversity=body.diversity,
+                           dedup=body.dedup, boost=body.boost, decay=body.decay)
         return {"object": "list", "collection": name, "query": body.query, "mode": body.mode,
                 "data": _hits_json(hits)}
+
+    return await run_in_threadpool(run)
+
+
+@router.post("/{name}/context", response_model=s.ContextResponse)
+async def context(name: str, body: s.ContextRequest, service: ServiceDep) -> dict[str, Any]:
+    """The best passages for a question, merged, cited and within a token budget (the collection model's tokens)."""
+    if body.rerank and service.reranker is None:
+        raise APIError(400, "rerank=true needs a reranker: start the server with --reranker PATH",
+                       param="rerank", code="no_reranker")
+    service.check_query(body.query)
+
+    def run() -> dict[str, Any]:
+        coll = service.collection(name)
+        ctx = coll.context(body.query, budget_tokens=body.budget_tokens, k=body.k, mode=body.mode, where=body.where,
+                           rerank=service.reranker if body.rerank else None, widen=body.widen, format=body.format)
+        return {"object": "context", "collection": name, "query": body.query, **ctx.to_dict(),
+                "markdown": ctx.to_markdown() if body.format == "markdown" else None}
 
     return await run_in_threadpool(run)
