@@ -2,8 +2,9 @@
 
 A static model is a table of token vectors distilled from a sentence-transformers teacher: the teacher
 encodes every token of its vocabulary once, the vectors are reduced by PCA and weighted (SIF), and a text's
-vector is the mean of its tokens' rows. Encoding is a tokenizer call and a table lookup (tens of thousands
-of sentences per second on one core) and loses part of the teacher's quality; see README, "Static encoder".
+vector is the mean of its tokens' rows. Encoding is a tokenizer call and a sparse product (about 30,000 STSb
+sentences/s on 2 cores, 80x MiniLM's ONNX graph) and loses part of the teacher's quality; see README,
+"Static encoder".
 
 :func:`distill` makes one (model2vec does the distillation), optionally fitted to a corpus the way model2vec's
 tokenlearn does; :class:`StaticEncoder` reads the model2vec folder it writes.
@@ -168,7 +169,7 @@ class StaticEncoder(BaseEncoder):
         from tqdm.auto import tqdm
 
         # A sparse [texts, vocabulary] matrix of token counts times the table: the sum of each text's rows
-        # without gathering them (29k STSb sentences: 0.04 s, against 2.9 s for numpy's gather and reduceat).
+        # without gathering them (29k STSb sentences: 0.07 s, against 1.1 s for numpy's gather and reduceat).
         for lo in tqdm(range(0, n, _TEXTS_PER_STEP), disable=not show_progress or n <= _TEXTS_PER_STEP,
                        desc=f"encoding ({self.name})", unit="step"):
             hi = min(n, lo + _TEXTS_PER_STEP)
