@@ -328,8 +328,10 @@ def distill(
         vocabulary: words to add to the teacher's tokens (model2vec's ``vocabulary``: each becomes one token,
             its vector the teacher's vector of the word).
         restrict_to: keep only the teacher's tokens that these texts use (and its special tokens). A small
-            model that distils in a few seconds, exact for these texts; a word of another text made of other
-            tokens is then unknown and ignored. For a closed domain, or tests.
+            model that distils in a few seconds and tokenizes these texts exactly as the full vocabulary does
+            (PCA and SIF weights are computed over the kept tokens, so vectors are close to, not equal to, the
+            full model's); a word of another text made of other tokens is unknown and ignored. For a closed
+            domain, or tests.
         corpus: texts to fit the table to (at least 10).
         epochs: most passes over the corpus.
         patience: epochs without a better held-out distance before stopping.
