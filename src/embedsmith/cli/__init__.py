@@ -1,8 +1,8 @@
 """The ``embedsmith`` command line: the typer ``app`` and ``main``, which registers every command group.
 
-One module per group (``encode``, ``collections``, ``quickstart``, ``serve``, ``analysis``, ``train``, ``eval``);
-shared options live in :mod:`.options`, output helpers in :mod:`.render`. Commands import the library inside
-their bodies, so ``embedsmith --help`` stays instant.
+One module per group (``encode``, ``collections``, ``quickstart``, ``serve``, ``analysis``, ``train`` (and
+``distill``), ``eval``); shared options live in :mod:`.options`, output helpers in :mod:`.render`. Commands import
+the library inside their bodies, so ``embedsmith --help`` stays instant.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ for _command in (
     collections.migrate,
     quickstart.quickstart, serve.serve,
     analysis.cluster, analysis.classify, analysis.analogy,
-    train.finetune,
+    train.finetune, train.distill,
 ):
     app.command()(_command)
 app.command("finetune-reranker")(train.finetune_reranker)

@@ -1,4 +1,4 @@
-"""``embedsmith finetune``, ``finetune-reranker`` and ``mine-negatives``: training on the user's data."""
+"""``embedsmith finetune``, ``finetune-reranker``, ``mine-negatives`` and ``distill``: making models."""
 
 from __future__ import annotations
 
@@ -217,3 +217,85 @@ def mine_negatives(
             raise
     os.replace(tmp.name, output)
     typer.echo(f"{len(mined)} rows with {negatives_per_query} {method} negatives each -> {output}", err=True)
+
+
+def _corpus_texts(path: Path) -> list[str]:
+    """Texts of a corpus file: a BEIR corpus.jsonl (or its folder; title and text joined), a JSONL, CSV or TSV
+    with a 'text' field, or a text file of one text per line."""
+    from collections import Counter
+
+    from ..errors import InvalidInputError
+    from ..io import read_beir_corpus, read_texts
+
+    if path.is_dir():
+        if not (path / "corpus.jsonl").is_file():
+            raise InvalidInputError(f"--corpus folder {str(path)!r} holds no corpus.jsonl (a BEIR folder)")
+        path = path / "corpus.jsonl"
+    if path.suffix.lower() == ".jsonl" and path.is_file():
+        docs = read_beir_corpus(path, Counter())
+        if docs:
+            return list(docs.values())
+    return read_texts(path, what="corpus file")
+
+
+def _pca_dims(value: str) -> int | None:
+    from ..errors import InvalidInputError
+
+    if value.strip().lower() == "none":
+        return None
+    try:
+        dims = int(value)
+    except ValueError:
+        dims = 0
+    if dims <= 0:
+        raise InvalidInputError(f"--pca-dims takes a positive integer or 'none', got {value!r}")
+    return dims
+
+
+def distill(
+    model: Annotated[str, typer.Argument(help="the teacher: alias (minilm, mpnet) or sentence-transformers folder")],
+    output: Annotated[Path, typer.Option(help="folder to write the static model to (new, or empty)")],
+    pca_dims: Annotated[str, typer.Option(help="dimensions kept by PCA, or 'none' for the teacher's")] = "256",
+    corpus: Annotated[list[Path] | None, typer.Option(
+        "--corpus", help="fit the model to these texts (repeat to combine): BEIR corpus.jsonl or folder, "
+                         "JSONL/CSV/TSV with a 'text' field, or a text file of lines")] = None,
+    restrict_to: Annotated[list[Path] | None, typer.Option(
+        "--restrict-to", help="keep only the tokens these texts use (same formats): a small model, fast to "
+                              "make; other words are then unknown")] = None,
+    vocabulary: Annotated[Path | None, typer.Option(help="words to add as tokens, one per line")] = None,
+    epochs: Annotated[int, typer.Option(help="most passes over --corpus")] = 50,
+    seed: Annotated[int, typer.Option(help="random seed of the fit")] = 42,
+    as_json: JsonOpt = False,
+) -> None:
+    """Distil a static (model2vec) model from a sentence-transformers model, optionally fitted to a corpus.
+
+    Encoding with it is a table lookup: orders of magnitude faster than the teacher on a CPU, and less
+    accurate (see README, "Static encoder"). Load it with --model static:DIR.
+    """
+    import time
+
+    from ..encoders.static import StaticEncoder
+    from ..encoders.static import distill as run
+    from ..io import read_lines
+
+    dims = _pca_dims(pca_dims)
+    texts = [t for path in corpus for t in _corpus_texts(path)] if corpus else None
+    subset = [t for path in restrict_to for t in _corpus_texts(path)] if restrict_to else None
+    words = read_lines(vocabulary, what="vocabulary file") if vocabulary is not None else None
+    started = time.perf_counter()
+    path = run(model, output, pca_dims=dims, vocabulary=words, restrict_to=subset, corpus=texts, epochs=epochs,
+               seed=seed, show_progress=not as_json)
+    enc = StaticEncoder(path)
+    fit = (enc.config.get("embedsmith") or {}).get("fit")
+    report = {"model": model, "output": str(path), "dim": enc.dim, "vocabulary": enc.vocab_size, "fit": fit,
+              "seconds": round(time.perf_counter() - started, 1)}
+    if as_json:
+        render.print_json(report)
+        return
+    console = render.console()
+    console.print(f"distilled {model} -> {path}: {enc.dim} dims, {enc.vocab_size:,} tokens, "
+                  f"in {report['seconds']:.0f} s; load it with --model static:{path}", highlight=False, markup=False)
+    if fit:
+        console.print(f"  fitted to {fit['texts']:,} texts: held-out cosine distance to the teacher "
+                      f"{fit['held_out_distance_before']:.4f} -> {fit['held_out_distance_after']:.4f} "
+                      f"({fit['held_out']} held out, {fit['epochs']} epochs)", highlight=False, markup=False)

@@ -17,6 +17,7 @@ from pathlib import Path
 from ..errors import InvalidInputError, MissingExtraError, ModelNotFoundError
 from .base import BaseEncoder, cache_dir
 from .folder import ModelFolder
+from .static import STATIC_PREFIX, is_static_folder
 
 log = logging.getLogger("embedsmith")
 
@@ -149,11 +150,13 @@ def load_encoder(
     threads: int | None = None,
     prompts: dict[str, str] | None = None,
 ) -> BaseEncoder:
-    """Load an encoder by alias or by the path of a sentence-transformers folder.
+    """Load an encoder by alias or by the path of a sentence-transformers or model2vec folder.
 
     Args:
-        name: an alias (``minilm``, ``mpnet``, ``e5-small-multilingual``, ``use-multilingual``), a folder, or
-            ``openai:MODEL@BASE_URL`` for any OpenAI-compatible embeddings server (key from $OPENAI_API_KEY).
+        name: an alias (``minilm``, ``mpnet``, ``e5-small-multilingual``, ``use-multilingual``), a folder,
+            ``static:FOLDER`` for a static (model2vec) model (a model2vec folder is also recognised by path,
+            from its config.json), or ``openai:MODEL@BASE_URL`` for any OpenAI-compatible embeddings server
+            (key from $OPENAI_API_KEY).
         backend: 'auto' (the fastest lossless path: ONNX fp32 on CPU, torch on CUDA), 'torch', 'torch-fp16'
             (CUDA only, float16 weights: the GPU's fast path), 'onnx' (exact fp32), or 'onnx-int8' (per-channel
             dynamic int8: faster, slightly lossy).
@@ -165,6 +168,8 @@ def load_encoder(
     Raises:
         ModelNotFoundError: unknown alias or missing folder (the message lists the aliases).
         MissingExtraError: the model or backend needs an extra that is not installed.
+        InvalidInputError: a bad ``backend``, ``device`` or ``threads``; a backend other than 'auto' for a
+            static model or a remote server.
     """
     if backend not in BACKENDS:
         raise InvalidInputError(f"unknown backend {backend!r}; expected one of: {', '.join(BACKENDS)}")
@@ -178,6 +183,8 @@ def load_encoder(
 
         model, base_url = parse_openai_name(key)
         return OpenAICompatEncoder(model, base_url, prompts=prompts)
+    if key.startswith(STATIC_PREFIX):
+        return _static(Path(key[len(STATIC_PREFIX):]).expanduser(), key, backend)
     info = MODELS.get(key.lower())
     if info is not None and info.kind in ("e5", "use"):
         if backend not in ("auto",):
@@ -198,6 +205,8 @@ def load_encoder(
                 f"unknown model {key!r}: not an alias ({', '.join(MODELS)}) and not an existing folder; "
                 "load your own sentence-transformers model by passing the path of its folder"
             )
+        if is_static_folder(path):
+            return _static(path, key, backend)
         folder = ModelFolder.open(path)
         display = str(path)
     dev = resolve_device(device)
@@ -220,6 +229,16 @@ def load_encoder(
         )
     enc.english_only = _english_only(info.alias if info is not None else folder.path.name)
     return enc
+
+
+def _static(path: Path, name: str, backend: str) -> BaseEncoder:
+    """A static model: numpy over a token table, so it has no backend to choose (nor a device: it runs on CPU)."""
+    if backend != "auto":
+        raise InvalidInputError(f"{name} is a static (model2vec) model, run by numpy; use backend='auto', "
+                                f"got {backend!r}")
+    from .static import StaticEncoder
+
+    return StaticEncoder(path, name=name)
 
 
 _ENGLISH_ONLY = re.compile(r"^(minilm|mpnet)$|all-minilm|all-mpnet|msmarco|(^|[-_])en($|[-_])", re.IGNORECASE)
