@@ -44,8 +44,9 @@ def load_texts(n: int, long: bool) -> list[str]:
     if not long:
         return load_sentences(n)
     path = CRANFIELD if CRANFIELD.is_file() else CRANFIELD_FALLBACK
-    rows = [json.loads(line) for line in path.read_text().splitlines()[:n]]
-    return [f"{r['title']}\n{r['text']}" for r in rows]
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    texts = [f"{r['title']}\n{r['text']}".strip() for r in rows]
+    return [t for t in texts if t][:n]  # a few Cranfield records are empty
 
 
 def sgemm_ceiling(threads: int, mean_tokens: float) -> tuple[float, float]:

@@ -34,7 +34,7 @@ FALLBACK = ROOT / "tests" / "data" / "cranfield"
 
 def data() -> tuple[str, list[dict[str, str]]]:
     folder = CRANFIELD if (CRANFIELD / "corpus.jsonl").is_file() else FALLBACK
-    docs = [json.loads(x) for x in (folder / "corpus.jsonl").read_text().splitlines()]
+    docs = [d for d in (json.loads(x) for x in (folder / "corpus.jsonl").read_text().splitlines()) if d["text"].strip()]
     query = json.loads((folder / "queries.jsonl").read_text().splitlines()[0])["text"]
     return query, docs
 
@@ -54,7 +54,7 @@ def rerank_worker(folder: str, backend: str, threads: int, repeats: int) -> None
     from embedsmith import Reranker
 
     query, docs = data()
-    texts = [d["text"] for d in docs[:100]]
+    texts = [d["text"] for d in docs if d["text"].strip()][:100]
     r = Reranker(folder, backend=backend, threads=threads)
     tokens = sum(len(e.ids) for e in r._tokenizer.encode_batch([(query, t) for t in texts]))
     print(json.dumps({"s": timed(lambda: r.logits(query, texts), repeats), "tokens": tokens,
@@ -85,7 +85,7 @@ def main() -> None:
         folder = work / "ce"
         CrossEncoder(str(_minilm_folder()), num_labels=1, device="cpu").save(str(folder))
         query, docs = data()
-        texts = [d["text"] for d in docs[:100]]
+        texts = [d["text"] for d in docs if d["text"].strip()][:100]
         peer = CrossEncoder(str(folder), device="cpu", activation_fn=torch.nn.Identity())
         peer_s = timed(lambda: peer.predict([(query, t) for t in texts], batch_size=32), args.repeats)
         peer_logits = np.asarray(peer.predict([(query, t) for t in texts], batch_size=32)).reshape(-1)

@@ -178,3 +178,148 @@ def test_context_is_the_same_from_the_library_the_cli_and_http(kb, minilm_onnx):
         assert shaped.status_code == 200 and len(shaped.json()["data"]) == 5
         assert http.post("/v1/collections/kb/search", json={"query": QUESTION, "decay": {"field": "title",
                                                             "origin": 1, "scale": 1}}).status_code == 400
+
+
+@pytest.fixture(scope="module")
+def cran_kb(tmp_path_factory, minilm_onnx):  # type: ignore[no-untyped-def]
+    """The Cranfield slice (300 abstracts, whole), and its 113 judged queries."""
+    from collections import Counter
+
+    from embedsmith.io import read_beir_queries, read_qrels
+
+    root = tmp_path_factory.mktemp("cal")
+    store = root / "store"
+    with open_collection("cran", store=store, encoder=minilm_onnx) as c:
+        index_paths(c, [CRAN])
+    problems: Counter[str] = Counter()
+    queries = read_beir_queries(CRAN.parent / "queries.jsonl", problems)
+    qrels: dict[str, dict[str, int]] = {}
+    for q, d, g in read_qrels(CRAN.parent / "qrels" / "dev.tsv", problems):
+        qrels.setdefault(q, {})[d] = g
+    return store, queries, qrels
+
+
+def test_calibrated_relevance_is_monotone_stored_and_filters(cran_kb, minilm_onnx):
+    from embedsmith.calibration import NOTE, stored
+
+    store, queries, qrels = cran_kb
+    with open_collection("cran", store=store, encoder=minilm_onnx) as c:
+        q = queries["3"]
+        with pytest.raises(InvalidInputError, match="calibrat"):
+            c.search(q, k=5, min_relevance=0.5)  # nothing fitted yet: said, not ignored
+        assert c.search(q, k=5).relevance is None
+        report = c.calibrate(queries=queries, qrels=qrels, mode="dense", holdout=0.3)
+        assert report["source"] == "qrels" and report["holdout_queries"] >= 10 and report["relevant"] > 20
+        assert 0 <= report["ece_fit"] <= report["ece_holdout"] + 0.2 and report["ece_holdout"] < 0.2
+        cal = stored(c, "dense", False)
+        assert cal is not None and list(cal.y) == sorted(cal.y) and list(cal.x) == sorted(cal.x)
+        hits = c.search(q, k=20)
+        assert hits.relevance is not None and all(0 <= p <= 1 for p in hits.relevance)
+        assert all(a >= b for a, b in zip(hits.relevance, hits.relevance[1:], strict=False))  # monotone in score
+        assert hits.to_dicts()[0]["relevance"] == hits.relevance[0]
+        kept = c.search(q, k=20, min_relevance=0.3)
+        assert kept.ids == [i for i, p in zip(hits.ids, hits.relevance, strict=True) if p >= 0.3]
+        assert c.search("zzzz qqqq xylophone marmalade", k=20, min_relevance=0.9).ids == []
+        assert c.search(q, k=5, mode="bm25").relevance is None  # each mode is fitted on its own
+        with pytest.raises(InvalidInputError, match="min_relevance"):
+            c.search(q, k=5, min_relevance=1.5)
+        with pytest.raises(InvalidInputError, match="boost"):
+            c.search(q, k=5, min_relevance=0.5, boost={"x": 1})
+        with pytest.raises(InvalidInputError, match="both"):
+            c.calibrate(queries=queries)
+        # a fit belongs to the encoder it was made with: under another fingerprint it is ignored
+        note = c.notes()[NOTE]
+        c.set_notes(**{NOTE: {**note, "fingerprint": "another-model:onnx"}})
+        assert stored(c, "dense", False) is None and c.search(q, k=5).relevance is None
+        pseudo = c.calibrate(mode="bm25", pseudo=60, holdout=0.25)  # no labels: inverse-cloze pseudo-queries
+        assert pseudo["source"].startswith("pseudo") and pseudo["relevant"] >= 30
+        assert c.search(q, k=5, mode="bm25").relevance is not None
+
+
+def test_cli_calibrate_and_min_relevance(cran_kb, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    store, _, _ = cran_kb
+    copy = tmp_path / "store"
+    import shutil
+
+    shutil.copytree(store, copy)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "embedsmith.cli", *args, "--store", str(copy)],
+                              capture_output=True, text=True, env=dict(os.environ))
+
+    out = cli("calibrate", "-c", "cran", "--queries", str(CRAN.parent / "queries.jsonl"), "--qrels",
+              str(CRAN.parent / "qrels" / "dev.tsv"), "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["mode"] == "dense"
+    found = json.loads(cli("search", "heat conduction in composite slabs", "-c", "cran", "-k", "10",
+                           "--min-relevance", "0.2", "--json").stdout)["hits"]
+    assert found and all(h["relevance"] >= 0.2 for h in found)
+    bad = cli("calibrate", "-c", "cran", "--queries", str(CRAN.parent / "queries.jsonl"))
+    assert bad.returncode == 1 and "together" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_ask_answers_from_the_packed_context_through_a_chat_endpoint(kb, minilm_onnx):
+    import os
+    import subprocess
+    import sys
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import httpx
+
+    from embedsmith.ask import LLMError, ask
+
+    store, _ = kb
+    seen: list[dict] = []
+
+    class Fake(BaseHTTPRequestHandler):  # a local OpenAI-compatible chat server
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append({"path": self.path, **body})
+            status = 500 if body["model"] == "broken" else 200
+            content = json.dumps({"choices": [{"message": {"role": "assistant", "content":
+                                                           "Heat transfer thickens the layer [1]."}}]}).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(content)))
+            self.end_headers()
+            self.wfile.write(content)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Fake)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/v1"
+    try:
+        with open_collection("kb", store=store, encoder=minilm_onnx) as c:
+            got = ask(c, QUESTION, llm=f"openai-chat:tiny@{url}", budget_tokens=300)
+            assert got.text == "Heat transfer thickens the layer [1]." and got.model == "tiny"
+            sent = seen[-1]
+            assert sent["path"] == "/v1/chat/completions" and sent["temperature"] == 0
+            user = sent["messages"][-1]["content"]
+            assert QUESTION in user and got.context.to_markdown() in user  # the packed, cited context
+            assert len(got.sources()) == len(got.context.passages) and got.sources()[0].startswith("[1] ")
+            with pytest.raises(LLMError, match="500"):
+                ask(c, QUESTION, llm=f"openai-chat:broken@{url}")
+            with pytest.raises(InvalidInputError, match="chat endpoint"):
+                ask(c, QUESTION, llm=None)
+            with pytest.raises(LLMError):
+                ask(c, QUESTION, llm="openai-chat:x@http://127.0.0.1:9", transport=httpx.MockTransport(
+                    lambda r: httpx.Response(200, json={"unexpected": True})))
+        env = dict(os.environ)
+        out = subprocess.run([sys.executable, "-m", "embedsmith.cli", "ask", QUESTION, "-c", "kb", "--store",
+                              str(store), "--llm", f"openai-chat:tiny@{url}", "--budget", "300"],
+                             capture_output=True, text=True, env=env)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith("Heat transfer thickens the layer [1].") and "Sources:\n[1] " in out.stdout
+        none = subprocess.run([sys.executable, "-m", "embedsmith.cli", "ask", QUESTION, "-c", "kb", "--store",
+                               str(store)], capture_output=True, text=True, env=env)
+        assert none.returncode == 1 and "--llm openai-chat:MODEL@URL" in none.stderr
+        assert "Traceback" not in none.stderr and len(none.stderr.strip().splitlines()) == 1
+    finally:
+        server.shutdown()

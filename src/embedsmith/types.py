@@ -88,6 +88,7 @@ class Hit:
     metadata: dict[str, Any]
     first_stage_score: float | None = None
     rerank_logit: float | None = None
+    relevance: float | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,8 @@ class Hits:
     metadata: list[dict[str, Any]] = field(default_factory=list)
     first_stage_scores: list[float] | None = None
     rerank_logits: list[float] | None = None
+    #: calibrated P(relevant) per hit, when the collection holds a calibration for the search's mode
+    relevance: list[float] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -119,6 +122,7 @@ class Hits:
             self.ids[i], self.scores[i], self.texts[i], self.metadata[i],
             self.first_stage_scores[i] if self.first_stage_scores is not None else None,
             self.rerank_logits[i] if self.rerank_logits is not None else None,
+            self.relevance[i] if self.relevance is not None else None,
         )
 
     def to_dicts(self) -> list[dict[str, Any]]:
@@ -128,6 +132,8 @@ class Hits:
             if h.rerank_logit is not None:
                 d["rerank_logit"] = h.rerank_logit
                 d["first_stage_score"] = h.first_stage_score
+            if h.relevance is not None:
+                d["relevance"] = h.relevance
             out.append(d)
         return out
 

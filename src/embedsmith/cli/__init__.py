@@ -24,8 +24,8 @@ app = typer.Typer(
 # Registered in the order `embedsmith --help` lists them.
 for _command in (
     encode.embed, encode.similarity, encode.models,
-    collections.index, collections.search, collections.context, collections.delete, collections.compact,
-    collections.collections,
+    collections.index, collections.search, collections.context, collections.ask, collections.calibrate,
+    collections.delete, collections.compact, collections.collections,
     collections.verify, collections.repair, collections.snapshot, collections.restore, collections.reembed,
     collections.migrate,
     quickstart.quickstart, serve.serve,

@@ -79,6 +79,8 @@ def search(
     boost: Annotated[str | None, typer.Option(help='score boosts as JSON, e.g. {"stars": 0.1}')] = None,
     decay: Annotated[str | None, typer.Option(
         help='decay as JSON, e.g. {"field": "date", "origin": "now", "scale": 2592000}')] = None,
+    min_relevance: Annotated[float | None, typer.Option(
+        help="drop hits whose calibrated P(relevant) is below this (after embedsmith calibrate)")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Search a collection (dense, bm25 or hybrid; optionally reranked, diversified, deduplicated, boosted)."""
@@ -95,7 +97,7 @@ def search(
         hits = c.search(query, k=k, mode=mode, where=flt, exact=exact, ef=ef,
                         fusion="weighted" if alpha is not None else fusion, alpha=0.5 if alpha is None else alpha,
                         rerank=reranker, candidates=candidates, group_by=group_by, diversity=diversity,
-                        dedup=True if dedup else None, boost=boosts, decay=decays)
+                        dedup=True if dedup else None, boost=boosts, decay=decays, min_relevance=min_relevance)
     if as_json:
         render.print_json({"collection": collection, "query": query, "mode": mode, "hits": hits.to_dicts()},
                           ensure_ascii=False)
@@ -133,6 +135,83 @@ def context(
         render.print_json(ctx.to_dict(), ensure_ascii=False)
         return
     sys.stdout.write(ctx.to_markdown() + "\n")
+
+
+def ask(
+    question: Annotated[str, typer.Argument(help="the question")],
+    collection: CollectionOpt,
+    llm: Annotated[str | None, typer.Option(help="chat endpoint: openai-chat:MODEL@URL (key from $OPENAI_API_KEY)")]
+    = None,
+    store: StoreOpt = None,
+    budget: Annotated[int, typer.Option(help="tokens of context given to the model")] = 2000,
+    k: Annotated[int, typer.Option("-k", help="chunks searched before widening")] = 20,
+    mode: Annotated[str, typer.Option(help="dense | bm25 | hybrid")] = "dense",
+    where: WhereOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Answer a question from the collection's packed context, with numbered citations, through any
+    OpenAI-compatible chat endpoint."""
+    from ..ask import ask as answer
+    from ..ask import parse_llm
+    from ..store import open_collection
+
+    parse_llm(llm)  # a missing or malformed endpoint is said before any search
+    with open_collection(collection, store=store, create=False) as c:
+        got = answer(c, question, llm=llm, budget_tokens=budget, k=k, mode=mode, where=parse_where(where))
+    if as_json:
+        render.print_json({"answer": got.text, "model": got.model, "context": got.context.to_dict()},
+                          ensure_ascii=False)
+        return
+    sys.stdout.write(got.text + "\n\nSources:\n" + "\n".join(got.sources()) + "\n")
+
+
+def calibrate(
+    collection: CollectionOpt,
+    store: StoreOpt = None,
+    queries: Annotated[Path | None, typer.Option(help="judged queries (BEIR queries.jsonl or id<TAB>text)")] = None,
+    qrels: Annotated[Path | None, typer.Option(help="their judgements (BEIR qrels TSV or TREC qrels)")] = None,
+    mode: Annotated[str, typer.Option(help="dense | bm25 | hybrid")] = "dense",
+    depth: Annotated[int, typer.Option(help="hits judged per query")] = 20,
+    pseudo: Annotated[int, typer.Option(help="pseudo-queries cut from the collection when no qrels are given")]
+    = 200,
+    holdout: Annotated[float, typer.Option(help="share of the queries kept out of the fit to report its ECE")] = 0.25,
+    rerank: Annotated[Path | None, typer.Option(help="calibrate this cross-encoder's scores instead")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fit a map from a search mode's scores to P(relevant), stored with the collection (then hits carry
+    relevance and --min-relevance works); from judged queries, or pseudo-queries cut from its own chunks."""
+    from collections import Counter
+
+    from ..errors import InvalidInputError
+    from ..io import read_beir_queries, read_qrels
+    from ..store import open_collection
+
+    if (queries is None) != (qrels is None):
+        raise InvalidInputError("calibrate takes --queries and --qrels together, or neither")
+    judged_q: dict[str, str] | None = None
+    judged: dict[str, dict[str, int]] | None = None
+    if queries is not None and qrels is not None:
+        problems: Counter[str] = Counter()
+        judged_q = read_beir_queries(queries, problems)
+        judged = {}
+        for qid, doc, grade in read_qrels(qrels, problems):
+            judged.setdefault(qid, {})[doc] = grade
+        render.warn_problems(problems)
+    reranker = None
+    if rerank is not None:
+        from ..rerankers import Reranker
+
+        reranker = Reranker(rerank)
+    with open_collection(collection, store=store, create=False) as c:
+        report = c.calibrate(queries=judged_q, qrels=judged, mode=mode, depth=depth, rerank=reranker, pseudo=pseudo,
+                             holdout=holdout)
+    if as_json:
+        render.print_json(report)
+        return
+    held = (f"; ECE on {report['holdout_queries']} held-out queries {report['ece_holdout']:.3f}"
+            if report["ece_holdout"] is not None else "")
+    print(f"{collection}: calibrated {report['mode']} from {report['queries']} {report['source']} queries "
+          f"({report['hits']} hits, {report['relevant']} relevant); ECE on the fit {report['ece_fit']:.3f}{held}")
 
 
 def delete(

@@ -218,6 +218,8 @@ class SearchRequest(BaseModel):
     boost: dict[str, float] | None = Field(None, description="score boosts from numeric metadata, {field: weight}")
     decay: dict[str, Any] | list[dict[str, Any]] | None = Field(
         None, description="decay on a numeric or date field: {field, origin, scale, decay, function, offset}")
+    min_relevance: float | None = Field(None, ge=0.0, le=1.0, description="drop hits whose calibrated "
+                                        "P(relevant) is below this (needs embedsmith calibrate)")
 
 
 class ContextRequest(BaseModel):
@@ -258,6 +260,7 @@ class SearchHit(BaseModel):
     metadata: dict[str, Any]
     rerank_logit: float | None = None
     first_stage_score: float | None = None
+    relevance: float | None = Field(None, description="calibrated P(relevant), when the collection is calibrated")
 
 
 class SearchResponse(BaseModel):

@@ -633,6 +633,7 @@ class Collection(abc.ABC):
         dedup: bool | float | None = None,
         boost: Mapping[str, float] | None = None,
         decay: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+        min_relevance: float | None = None,
     ) -> Hits:
         """Search the collection.
 
@@ -669,6 +670,9 @@ class Collection(abc.ABC):
                 With boost or decay, scores are the shaped relevance: the pool's scores as a share of the best,
                 times the decays, plus the boosts (see :mod:`embedsmith.shaping`). Shaping runs after
                 filters, the first stage, grouping and reranking, on a pool of max(4k, 50, candidates).
+            min_relevance: drop hits whose calibrated P(relevant) is below this (needs :meth:`calibrate` for
+                this mode first). Whenever a calibration for the mode is stored, hits carry ``relevance``
+                (except an ids-and-scores search of a vector, which takes a straight path).
 
         Returns:
             :class:`Hits`, best first, ties broken by id. Dense scores are higher-is-better (negated
@@ -680,6 +684,7 @@ class Collection(abc.ABC):
                 and isinstance(include, (list, tuple)) and all(x in ("ids", "scores") for x in include)
                 and rerank is None and group_by is None and rescore is None and isinstance(query, np.ndarray)
                 and diversity is None and dedup is None and boost is None and decay is None
+                and min_relevance is None
                 and (ef is None or (type(ef) is int and ef > 0))):
             # The common call of an application (a vector, ids and scores, no filter) in a straight line;
             # anything it cannot answer exactly as the general path would (None) goes that way.
@@ -690,7 +695,8 @@ class Collection(abc.ABC):
                                         exact=exact, rescore=rescore, fusion=fusion, alpha=alpha, rrf_k=rrf_k,
                                         candidates=candidates, rerank=rerank, group_by=group_by, include=include,
                                         diversity=diversity, dedup=dedup, boost=boost, decay=decay)
-        return run_search(self, request, self._compile_where(where))
+        floor = self._relevance_floor(min_relevance, boost, decay)
+        return self._with_relevance(run_search(self, request, self._compile_where(where)), mode, rerank, floor)
 
     @translated
     def search_many(
@@ -714,6 +720,7 @@ class Collection(abc.ABC):
         dedup: bool | float | None = None,
         boost: Mapping[str, float] | None = None,
         decay: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+        min_relevance: float | None = None,
     ) -> list[Hits]:
         """:meth:`search` for each of ``queries`` (texts, vectors, or a [n, dim] array), with the same options.
 
@@ -742,7 +749,51 @@ class Collection(abc.ABC):
                                           candidates=candidates, rerank=rerank, group_by=group_by, include=include,
                                           diversity=diversity, dedup=dedup, boost=boost, decay=decay)
                     for q in items]
-        return run_many(self, requests, self._compile_where(where))
+        floor = self._relevance_floor(min_relevance, boost, decay)
+        return [self._with_relevance(h, mode, rerank, floor)
+                for h in run_many(self, requests, self._compile_where(where))]
+
+    def _relevance_floor(self, min_relevance: Any, boost: Any, decay: Any) -> float | None:
+        from ..calibration import check_min_relevance
+
+        floor = check_min_relevance(min_relevance)
+        if floor is not None and (boost is not None or decay is not None):
+            raise InvalidInputError("min_relevance reads calibrated first-stage (or reranked) scores; boost and decay "
+                                    "change them: use one or the other")
+        return floor
+
+    def _with_relevance(self, hits: Hits, mode: str, rerank: Any, floor: float | None) -> Hits:
+        """``hits`` with calibrated relevance, when this mode has a calibration; those below ``floor`` dropped."""
+        from ..calibration import stored
+
+        cal = stored(self, mode, rerank is not None)
+        if cal is None:
+            if floor is not None:
+                raise InvalidInputError(f"min_relevance needs a calibration of {mode!r} search"
+                                        f"{' with reranking' if rerank is not None else ''} for collection "
+                                        f"{self.name!r}: run calibrate first (embedsmith calibrate -c {self.name})")
+            return hits
+        rel = [float(p) for p in cal(hits.scores)]
+        keep = [i for i, p in enumerate(rel) if floor is None or p >= floor]
+
+        def pick(xs: list[Any] | None) -> list[Any] | None:
+            return None if xs is None else [xs[i] for i in keep]
+
+        return Hits(pick(hits.ids) or [], pick(hits.scores) or [], pick(hits.texts) or [], pick(hits.metadata) or [],
+                    first_stage_scores=pick(hits.first_stage_scores), rerank_logits=pick(hits.rerank_logits),
+                    relevance=[rel[i] for i in keep])
+
+    @translated
+    def calibrate(self, *, queries: Mapping[str, str] | None = None,
+                  qrels: Mapping[str, Mapping[str, int]] | None = None, mode: str = "dense", depth: int = 20,
+                  rerank: Reranker | None = None, pseudo: int = 200, holdout: float = 0.0,
+                  seed: int = 0) -> dict[str, Any]:
+        """Fit and store a map from this mode's scores to P(relevant) (see :func:`embedsmith.calibration.calibrate`);
+        later searches of the mode carry ``relevance`` and accept ``min_relevance``."""
+        from ..calibration import calibrate
+
+        return calibrate(self, queries=queries, qrels=qrels, mode=mode, depth=depth, rerank=rerank, pseudo=pseudo,
+                         holdout=holdout, seed=seed)
 
     def context(self, query: str, *, budget_tokens: int = 2000, k: int = 20, mode: str = "dense",
                 where: Where | None = None, rerank: Reranker | None = None, tokenizer: Any = None,

@@ -129,7 +129,8 @@ async def search(name: str, body: s.SearchRequest, service: ServiceDep) -> dict[
         hits = coll.search(body.query, k=body.k, mode=body.mode, where=body.where, fusion=body.fusion,
                            alpha=body.alpha, candidates=body.candidates, group_by=body.group_by,
                            rerank=service.reranker if body.rerank else None, diversity=body.diversity,
-                           dedup=body.dedup, boost=body.boost, decay=body.decay)
+                           dedup=body.dedup, boost=body.boost, decay=body.decay,
+                           min_relevance=body.min_relevance)
         return {"object": "list", "collection": name, "query": body.query, "mode": body.mode,
                 "data": _hits_json(hits)}
 
