@@ -86,7 +86,7 @@ def main() -> None:
             ours, naive = [], []
             for q, text in queries.items():
                 relevant = {d for d, g in qrels[q].items() if g > 0}
-                ctx = coll.context(text, budget_tokens=budget, k=40)
+                ctx = coll.context(text, budget_tokens=budget)
                 ours.append(len(relevant & {p.doc_id for p in ctx.passages}) / len(relevant))
                 used, docs = 0, set()
                 for h in coll.search(text, k=200):

@@ -52,7 +52,7 @@ def parse_llm(spec: str | None) -> tuple[str, str]:
     return model, base.rstrip("/")
 
 
-def ask(collection: Collection, question: str, *, llm: str | None, budget_tokens: int = 2000, k: int = 20,
+def ask(collection: Collection, question: str, *, llm: str | None, budget_tokens: int = 2000, k: int | None = None,
         mode: str = "dense", where: dict[str, Any] | None = None, rerank: Any = None, api_key: str | None = None,
         timeout: float = 120.0, transport: Any = None) -> Answer:
     """Answer ``question`` from ``collection`` through the chat endpoint ``llm`` (``openai-chat:MODEL@URL``).

@@ -50,10 +50,13 @@ class Passage:
     chunk_ids: tuple[str, ...] = ()
 
     def citation(self, number: int) -> str:
-        where = self.source or self.doc_id
-        span = f", characters {self.start}-{self.end}" if self.start is not None and self.end is not None else ""
-        title = f"{self.title} — " if self.title else ""
-        return f"[{number}] {title}{where} (doc {self.doc_id}{span})"
+        """``[n] title — file#doc@start-end``: short, as every token of it is taken from the budget (the title
+        is left out when the passage begins with it; the file is the source's last part)."""
+        where = Path(self.source).name if self.source else ""
+        ref = f"{where}#{self.doc_id}" if where and where != self.doc_id else self.doc_id
+        span = f"@{self.start}-{self.end}" if self.start is not None and self.end is not None else ""
+        title = f"{self.title} — " if self.title and not self.text.startswith(self.title) else ""
+        return f"[{number}] {title}{ref}{span}"
 
 
 @dataclass(frozen=True)
@@ -232,9 +235,9 @@ def arrange(passages: Sequence[Passage]) -> list[Passage]:
                                            -p.score))
 
 
-def pack_context(collection: Collection, query: str, *, budget_tokens: int = 2000, k: int = 20,
+def pack_context(collection: Collection, query: str, *, budget_tokens: int = 2000, k: int | None = None,
                  mode: str = "dense", where: Mapping[str, Any] | None = None, rerank: Any = None,
-                 tokenizer: Any = None, widen: bool = True, widen_above: float = 0.8,
+                 tokenizer: Any = None, widen: bool = True, widen_above: float = 0.98,
                  format: str = "markdown") -> Context:
     """The best context for ``query`` within ``budget_tokens`` (see the module docstring).
 
@@ -243,7 +246,8 @@ def pack_context(collection: Collection, query: str, *, budget_tokens: int = 200
             that widening and merging use; others are packed whole).
         query: the question.
         budget_tokens: the most tokens the context may take.
-        k: chunks the search returns before widening.
+        k: chunks the search returns before widening (default: max(20, budget_tokens / 40), enough to fill
+            the budget with short chunks).
         mode, where, rerank: as :meth:`Collection.search`.
         tokenizer: what counts tokens: None (the collection encoder's), a callable ``text -> int``, or a
             tokenizer name (a ``tokenizer.json`` file, a model folder or alias).
@@ -260,6 +264,8 @@ def pack_context(collection: Collection, query: str, *, budget_tokens: int = 200
     if isinstance(widen_above, bool) or not isinstance(widen_above, (int, float)) or not 0 <= widen_above <= 1:
         raise InvalidInputError(f"widen_above must lie in [0, 1], got {widen_above!r}")
     count = token_counter(tokenizer, collection)
+    if k is None:
+        k = min(1000, max(20, budget_tokens // 40))
     hits: Hits = collection.search(query, k=k, mode=mode, where=dict(where) if where else None, rerank=rerank)
     chunks: dict[str, _Chunk] = {}
     hit_ids = set(hits.ids)

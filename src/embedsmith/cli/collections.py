@@ -111,7 +111,8 @@ def context(
     store: StoreOpt = None,
     budget: Annotated[int, typer.Option(help="the most tokens the context may take")] = 2000,
     fmt: Annotated[str, typer.Option("--format", help="markdown | json")] = "markdown",
-    k: Annotated[int, typer.Option("-k", help="chunks searched before widening")] = 20,
+    k: Annotated[int | None, typer.Option("-k", help="chunks searched before widening (default budget / 40)")]
+    = None,
     mode: Annotated[str, typer.Option(help="dense | bm25 | hybrid")] = "dense",
     where: WhereOpt = None,
     rerank: Annotated[Path | None, typer.Option(help="cross-encoder folder to rerank with")] = None,
@@ -144,7 +145,8 @@ def ask(
     = None,
     store: StoreOpt = None,
     budget: Annotated[int, typer.Option(help="tokens of context given to the model")] = 2000,
-    k: Annotated[int, typer.Option("-k", help="chunks searched before widening")] = 20,
+    k: Annotated[int | None, typer.Option("-k", help="chunks searched before widening (default budget / 40)")]
+    = None,
     mode: Annotated[str, typer.Option(help="dense | bm25 | hybrid")] = "dense",
     where: WhereOpt = None,
     as_json: JsonOpt = False,

@@ -226,7 +226,7 @@ class ContextRequest(BaseModel):
     query: str
     budget_tokens: int = Field(2000, ge=1, le=1_000_000)
     format: Literal["markdown", "json"] = "markdown"
-    k: int = Field(20, ge=1, le=1000, description="chunks searched before widening")
+    k: int | None = Field(None, ge=1, le=1000, description="chunks searched before widening (default budget / 40)")
     mode: Literal["dense", "bm25", "hybrid"] = "dense"
     where: dict[str, Any] | None = None
     rerank: bool = Field(False, description="rerank with the server's cross-encoder first")

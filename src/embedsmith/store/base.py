@@ -795,9 +795,9 @@ class Collection(abc.ABC):
         return calibrate(self, queries=queries, qrels=qrels, mode=mode, depth=depth, rerank=rerank, pseudo=pseudo,
                          holdout=holdout, seed=seed)
 
-    def context(self, query: str, *, budget_tokens: int = 2000, k: int = 20, mode: str = "dense",
+    def context(self, query: str, *, budget_tokens: int = 2000, k: int | None = None, mode: str = "dense",
                 where: Where | None = None, rerank: Reranker | None = None, tokenizer: Any = None,
-                widen: bool = True, widen_above: float = 0.8, format: str = "markdown") -> Context:
+                widen: bool = True, widen_above: float = 0.98, format: str = "markdown") -> Context:
         """The best passages for ``query`` within ``budget_tokens``: searched, widened with neighbouring chunks,
         merged by offsets, cited and packed (see :func:`embedsmith.context.pack_context`)."""
         from ..context import pack_context
