@@ -116,19 +116,25 @@ async def delete_documents(name: str, body: s.DocumentsDelete, service: ServiceD
     return await run_in_threadpool(run)
 
 
-@router.post("/{name}/search", response_model=s.SearchResponse)
-async def search(name: str, body: s.SearchRequest, service: ServiceDep) -> dict[str, Any]:
-    """Dense, bm25 or hybrid search with filters, optionally reranked by the server's cross-encoder."""
+def _checked_query(body: s.SearchRequest | s.ContextRequest, service: Service) -> Any:
+    """The reranker a search or context request asks for (None), after checking the query."""
     if body.rerank and service.reranker is None:
         raise APIError(400, "rerank=true needs a reranker: start the server with --reranker PATH",
                        param="rerank", code="no_reranker")
     service.check_query(body.query)
+    return service.reranker if body.rerank else None
+
+
+@router.post("/{name}/search", response_model=s.SearchResponse)
+async def search(name: str, body: s.SearchRequest, service: ServiceDep) -> dict[str, Any]:
+    """Dense, bm25 or hybrid search with filters, optionally reranked by the server's cross-encoder."""
+    reranker = _checked_query(body, service)
 
     def run() -> dict[str, Any]:
         coll = service.collection(name)
         hits = coll.search(body.query, k=body.k, mode=body.mode, where=body.where, fusion=body.fusion,
                            alpha=body.alpha, candidates=body.candidates, group_by=body.group_by,
-                           rerank=service.reranker if body.rerank else None, diversity=body.diversity,
+                           rerank=reranker, diversity=body.diversity,
                            dedup=body.dedup, boost=body.boost, decay=body.decay,
                            min_relevance=body.min_relevance)
         return {"object": "list", "collection": name, "query": body.query, "mode": body.mode,
@@ -140,15 +146,12 @@ async def search(name: str, body: s.SearchRequest, service: ServiceDep) -> dict[
 @router.post("/{name}/context", response_model=s.ContextResponse)
 async def context(name: str, body: s.ContextRequest, service: ServiceDep) -> dict[str, Any]:
     """The best passages for a question, merged, cited and within a token budget (the collection model's tokens)."""
-    if body.rerank and service.reranker is None:
-        raise APIError(400, "rerank=true needs a reranker: start the server with --reranker PATH",
-                       param="rerank", code="no_reranker")
-    service.check_query(body.query)
+    reranker = _checked_query(body, service)
 
     def run() -> dict[str, Any]:
         coll = service.collection(name)
         ctx = coll.context(body.query, budget_tokens=body.budget_tokens, k=body.k, mode=body.mode, where=body.where,
-                           rerank=service.reranker if body.rerank else None, widen=body.widen, format=body.format)
+                           rerank=reranker, widen=body.widen, format=body.format)
         return {"object": "context", "collection": name, "query": body.query, **ctx.to_dict(),
                 "markdown": ctx.to_markdown() if body.format == "markdown" else None}
 
