@@ -323,3 +323,28 @@ def test_ask_answers_from_the_packed_context_through_a_chat_endpoint(kb, minilm_
         assert "Traceback" not in none.stderr and len(none.stderr.strip().splitlines()) == 1
     finally:
         server.shutdown()
+
+
+def test_eval_pipeline_reports_redundancy_and_context_recall(cran_kb, minilm_onnx):
+    import os
+    import subprocess
+    import sys
+
+    from embedsmith.evaluation.pipeline import evaluate_pipeline
+
+    store, queries, qrels = cran_kb
+    with open_collection("cran", store=store, encoder=minilm_onnx) as c:
+        rep = evaluate_pipeline(c, queries, qrels, modes=["dense"], limit=6, rag=True)
+    red, recall = rep.rag["dense"]["redundancy"], rep.rag["dense"]["context_recall"]
+    assert set(red) == {"none", "dedup", "diversity 0.3"} and set(recall) == {"1000", "2000", "4000"}
+    assert red["dedup"]["near_duplicate_pairs"] <= red["none"]["near_duplicate_pairs"]
+    assert red["diversity 0.3"]["mean_pairwise_cosine"] <= red["none"]["mean_pairwise_cosine"] + 1e-9
+    assert red["none"]["ndcg_at_10"] == pytest.approx(rep.modes["dense"]["ndcg_at_10"], abs=0.05)
+    assert all(0 <= r["context"] <= 1 and 0 <= r["naive"] <= 1 for r in recall.values())
+    assert recall["4000"]["context"] >= recall["1000"]["context"]  # more budget never reaches fewer documents
+    out = subprocess.run([sys.executable, "-m", "embedsmith.cli", "eval", "pipeline", "-c", "cran", "--store",
+                          str(store), "--queries", str(CRAN.parent / "queries.jsonl"), "--qrels",
+                          str(CRAN.parent / "qrels" / "dev.tsv"), "--modes", "dense", "--limit", "3", "--rag",
+                          "--json"], capture_output=True, text=True, env=dict(os.environ))
+    assert out.returncode == 0, out.stderr
+    assert set(json.loads(out.stdout)["rag"]["dense"]) == {"redundancy", "context_recall"}

@@ -176,6 +176,8 @@ def pipeline(
     candidates: Annotated[int, typer.Option(help="first-stage candidates for reranking")] = 100,
     id_field: Annotated[str, typer.Option(help="metadata field naming a record's document")] = "doc_id",
     limit: Annotated[int | None, typer.Option(help="evaluate only the first N judged queries")] = None,
+    rag: Annotated[bool, typer.Option(help="also redundancy with/without dedup and diversity, and context recall "
+                                           "against naive concatenation at 1k/2k/4k tokens")] = False,
     as_json: JsonOpt = False,
     output: Annotated[Path | None, typer.Option(help="write the report as JSON")] = None,
 ) -> None:
@@ -191,7 +193,7 @@ def pipeline(
     with open_collection(collection, store=store, create=False) as c:
         rep = evaluate_pipeline(c, queries, qrels, k=k, modes=[m.strip() for m in modes.split(",")],
                                 reranker=reranker, candidates=candidates, id_field=id_field, limit=limit,
-                                show_progress=not as_json)
+                                show_progress=not as_json, rag=rag)
     data = rep.to_dict()
     if output is not None:
         output.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
@@ -209,3 +211,12 @@ def pipeline(
                          f"{s['latency_p50_ms']:.1f}"])
     render.print_table(f"{collection}: {rep.n_queries} queries; ANN recall@{k} vs exact = {rep.ann_recall:.4f}",
                        columns, rows, right=columns[1:])
+    for mode, parts in (rep.rag or {}).items():
+        cols = ["shaping", "mean pairwise cosine (top 10)", "near-duplicate pairs", "nDCG@10"]
+        render.print_table(f"{mode}: redundancy of the top 10", cols,
+                           [[name, f"{r['mean_pairwise_cosine']:.3f}", f"{r['near_duplicate_pairs']:.3f}",
+                             f"{r['ndcg_at_10']:.4f}"] for name, r in parts["redundancy"].items()], right=cols[1:])
+        cols = ["budget (tokens)", "context recall: context", "naive concatenation"]
+        recall = parts["context_recall"].items()
+        render.print_table(f"{mode}: context recall", cols,
+                           [[b, f"{r['context']:.3f}", f"{r['naive']:.3f}"] for b, r in recall], right=cols)

@@ -37,10 +37,15 @@ class PipelineReport:
     ann_recall: float
     modes: dict[str, dict[str, Any]]
     problems: dict[str, int] = field(default_factory=dict)
+    #: with ``rag=True``: mode -> {"redundancy": {shaping: ...}, "context_recall": {budget: {context, naive}}}
+    rag: dict[str, dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"collection": self.collection, "n_queries": self.n_queries, "k": self.k,
-                f"ann_recall_at_{self.k}": self.ann_recall, "modes": self.modes, "problems": self.problems}
+        out = {"collection": self.collection, "n_queries": self.n_queries, "k": self.k,
+               f"ann_recall_at_{self.k}": self.ann_recall, "modes": self.modes, "problems": self.problems}
+        if self.rag is not None:
+            out["rag"] = self.rag
+        return out
 
 
 def _doc_ids(hits: Hits, id_field: str | None) -> list[str]:
@@ -64,6 +69,7 @@ def evaluate_pipeline(
     id_field: str | None = "doc_id",
     limit: int | None = None,
     show_progress: bool = False,
+    rag: bool = False,
 ) -> PipelineReport:
     """Run every judged query through the collection in each mode and score the rankings.
 
@@ -77,6 +83,8 @@ def evaluate_pipeline(
         depth: records fetched per query and mode (documents are scored at 10 and 100).
         id_field: metadata field naming a record's document; None scores record ids.
         limit: evaluate only the first ``limit`` judged queries.
+        rag: also measure, per dense/hybrid mode, the top 10's redundancy with and without dedup and diversity,
+            and the context recall of :meth:`Collection.context` against naive concatenation at 1k/2k/4k tokens.
     """
     problems: Counter[str] = Counter()
     qmap = dict(queries) if isinstance(queries, dict) else read_beir_queries(queries, problems)
@@ -133,4 +141,12 @@ def evaluate_pipeline(
         scores = retrieval_scores(judged, run, (10, 100))
         report[mode] = {"ndcg_at_10": scores["ndcg_at_10"], "recall_at_100": scores["recall_at_100"],
                         "mrr_at_10": scores["mrr_at_10"], "latency_p50_ms": float(np.median(times) * 1000)}
-    return PipelineReport(collection.name, len(qids), k, float(np.mean(overlap)), report, dict(problems))
+    extra = None
+    if rag:
+        from .rag import context_recall, redundancy
+
+        asked = {q: qmap[q] for q in qids}
+        extra = {m: {"redundancy": redundancy(collection, asked, judged, mode=m, id_field=id_field),
+                     "context_recall": context_recall(collection, asked, judged, mode=m, id_field=id_field)}
+                 for m in modes if m in ("dense", "hybrid") and "error" not in report.get(m, {})}
+    return PipelineReport(collection.name, len(qids), k, float(np.mean(overlap)), report, dict(problems), extra)
