@@ -99,7 +99,10 @@ def judged_hits(collection: Collection, queries: Mapping[str, str], qrels: Mappi
         judged = qrels.get(qid)
         if not judged:
             continue
-        hits = collection.search(text, k=depth, mode=mode, rerank=rerank)
+        try:
+            hits = collection.search(text, k=depth, mode=mode, rerank=rerank)
+        except InvalidInputError:  # a query this mode cannot search (no bm25 words, say) judges nothing
+            continue
         for h in hits:
             scores.append(float(h.score))
             labels.append(1 if judged.get(_doc(h.id, h.metadata), 0) > 0 else 0)
