@@ -348,3 +348,19 @@ def test_eval_pipeline_reports_redundancy_and_context_recall(cran_kb, minilm_onn
                           "--json"], capture_output=True, text=True, env=dict(os.environ))
     assert out.returncode == 0, out.stderr
     assert set(json.loads(out.stdout)["rag"]["dense"]) == {"redundancy", "context_recall"}
+
+
+def test_shaping_composes_with_filters_grouping_and_rerank(kb, minilm_onnx, tiny_reranker):
+    from embedsmith import Reranker
+
+    store, _ = kb
+    r = Reranker(tiny_reranker)
+    with open_collection("kb", store=store, encoder=minilm_onnx) as c:
+        reranked = c.search(QUESTION, k=8, rerank=r, candidates=30)
+        shaped = c.search(QUESTION, k=5, rerank=r, candidates=30, dedup=True, diversity=0.3)
+        assert len(shaped) == 5 and set(shaped.ids) <= set(c.search(QUESTION, k=30).ids)
+        assert shaped.ids[0] == reranked.ids[0]  # MMR keeps the reranker's best first
+        assert shaped.rerank_logits is not None and shaped.first_stage_scores is not None
+        grouped = c.search(QUESTION, k=5, group_by="doc_id", diversity=0.5, where={"chunk": {"$lte": 3}})
+        docs = [h.metadata["doc_id"] for h in grouped]
+        assert len(docs) == len(set(docs)) and all(h.metadata["chunk"] <= 3 for h in grouped)
