@@ -8,7 +8,8 @@
 
 Fields are top-level metadata keys, any Unicode except ``"``. On PostgreSQL (``jsonb``) equality is JSON
 equality: ``True`` matches ``true`` only, where SQLite's ``json_extract`` also matches ``1``; range operators
-compare numbers only.
+compare numbers only (texts never match a range on either backend; SQLite reads booleans as 1 and 0 in a
+range, PostgreSQL leaves them out).
 
 One walker checks and compiles a filter; each backend supplies the SQL of one field condition.
 """
@@ -131,8 +132,12 @@ def _condition_sqlite(field: str, spec: Any, params: list[Any]) -> str:
     parts = []
     for op, arg in spec.items():
         if op in ("$gt", "$gte", "$lt", "$lte"):
+            # SQLite orders every text above every number, so a lower bound alone would match texts: an upper
+            # bound of '' (the least text) keeps them out, as PostgreSQL's type check does, and stays a range
+            # the field's expression index answers by itself (json_type would read every matching row).
             params.append(_number(op, arg, field))
-            parts.append(f"{col} {_COMPARE[op]} ?")
+            bound = f" AND {col} < ''" if op in ("$gt", "$gte") else ""
+            parts.append(f"({col} {_COMPARE[op]} ?{bound})")
         elif op == "$eq":
             params.append(_sqlite_value(_scalar(arg, field)))
             parts.append(f"{col} = ?")
