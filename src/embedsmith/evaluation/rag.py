@@ -8,25 +8,18 @@ from typing import Any
 
 import numpy as np
 
-from ..types import Hits
 from .metrics import ndcg_at_k
 
 SHAPINGS: dict[str, dict[str, Any]] = {"none": {}, "dedup": {"dedup": True}, "diversity 0.3": {"diversity": 0.3}}
 BUDGETS = (1000, 2000, 4000)
 
 
-def _docs(hits: Hits, id_field: str | None) -> list[str]:
-    out: dict[str, None] = {}
-    for rid, meta in zip(hits.ids, hits.metadata, strict=True):
-        doc = meta.get(id_field) if id_field else None
-        out.setdefault(str(doc) if doc is not None else rid, None)
-    return list(out)
-
-
 def redundancy(collection: Any, queries: Mapping[str, str], qrels: Mapping[str, Mapping[str, int]], *, mode: str,
                id_field: str | None, threshold: float = 0.95) -> dict[str, dict[str, float]]:
     """Per shaping: mean pairwise cosine of the top 10 chunks, the share of pairs at ``threshold`` or above,
     and nDCG@10 over documents."""
+    from .pipeline import _doc_ids as doc_ids  # one rule for which document a hit counts for
+
     out = {}
     for label, opts in SHAPINGS.items():
         cos, dup, nd = [], [], []
@@ -40,7 +33,7 @@ def redundancy(collection: Any, queries: Mapping[str, str], qrels: Mapping[str, 
                 cos.append(float(sim.mean()))
                 dup.append(float((sim >= threshold).mean()))
             wide = collection.search(text, k=40, mode=mode, **opts)
-            nd.append(ndcg_at_k(_docs(wide, id_field), qrels[qid], 10))
+            nd.append(ndcg_at_k(doc_ids(wide, id_field), qrels[qid], 10))
         out[label] = {"mean_pairwise_cosine": float(np.mean(cos)) if cos else 0.0,
                       "near_duplicate_pairs": float(np.mean(dup)) if dup else 0.0, "ndcg_at_10": float(np.mean(nd))}
     return out
