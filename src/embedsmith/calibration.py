@@ -56,7 +56,10 @@ class Calibration:
 
 def fit(scores: Sequence[float], labels: Sequence[int], source: str) -> Calibration:
     """Isotonic regression of labels (0/1) on scores, as breakpoints."""
-    from sklearn.isotonic import IsotonicRegression
+    from .errors import require
+
+    isotonic: Any = require("sklearn.isotonic", extra="eval", what="calibration")
+    IsotonicRegression = isotonic.IsotonicRegression
 
     s, y = np.asarray(scores, np.float64), np.asarray(labels, np.float64)
     if len(s) < 10 or y.min() == y.max():
@@ -182,10 +185,14 @@ def calibrate(collection: Collection, *, queries: Mapping[str, str] | None = Non
 
 def stored(collection: Collection, mode: str, reranked: bool) -> Calibration | None:
     """The stored map for this mode, or None (none fitted, or fitted for another encoder)."""
-    notes = collection.notes().get(NOTE)
-    if not isinstance(notes, Mapping) or notes.get("fingerprint") != collection.settings.fingerprint:
+    return from_note(collection.notes().get(NOTE), collection.settings.fingerprint, mode, reranked)
+
+
+def from_note(note: Any, fingerprint: str | None, mode: str, reranked: bool) -> Calibration | None:
+    """The map for ``mode`` in a calibration note, when it was fitted with this encoder ``fingerprint``."""
+    if not isinstance(note, Mapping) or note.get("fingerprint") != fingerprint:
         return None
-    data = notes.get("modes", {}).get(mode_key(mode, reranked))
+    data = note.get("modes", {}).get(mode_key(mode, reranked))
     return Calibration.from_json(data) if isinstance(data, Mapping) else None
 
 
@@ -198,4 +205,5 @@ def check_min_relevance(value: Any) -> float | None:
     return float(value)
 
 
-__all__ = ["Calibration", "calibrate", "check_min_relevance", "expected_calibration_error", "fit", "stored"]
+__all__ = ["Calibration", "calibrate", "check_min_relevance", "expected_calibration_error", "fit", "from_note",
+           "stored"]

@@ -20,6 +20,7 @@ or their own token estimates, hence the code.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -80,10 +81,6 @@ class Context:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), ensure_ascii=False)
 
-    def text(self) -> str:
-        """What the budget counted: the markdown, or (for json) the passages' texts."""
-        return self.to_markdown() if self.format == "markdown" else "\n\n".join(p.text for p in self.passages)
-
 
 def render_markdown(passages: Sequence[Passage]) -> str:
     return "\n\n".join(f"{p.citation(i)}\n{p.text}" for i, p in enumerate(passages, start=1))
@@ -102,20 +99,26 @@ def token_counter(tokenizer: Any, collection: Collection) -> Callable[[str], int
     if tokenizer is None:
         return _encoder_tokens(collection.encoder)
     if isinstance(tokenizer, (str, Path)):
-        from tokenizers import Tokenizer
-
-        path = Path(tokenizer).expanduser()
-        if path.is_dir():
-            path = path / "tokenizer.json"
-        if not path.is_file():
-            from .encoders import load_encoder
-
-            return _encoder_tokens(load_encoder(str(tokenizer)))
-        tok = Tokenizer.from_file(str(path))
-        tok.no_truncation()
-        tok.no_padding()
-        return lambda text: len(tok.encode(text, add_special_tokens=False).ids) if text else 0
+        return _named_counter(str(tokenizer))
     raise InvalidInputError(f"tokenizer must be None, a callable or a tokenizer name, got {type(tokenizer).__name__}")
+
+
+@functools.lru_cache(maxsize=8)
+def _named_counter(name: str) -> Callable[[str], int]:
+    """A named tokenizer's counter, loaded once per process (a model alias loads its encoder)."""
+    from tokenizers import Tokenizer
+
+    path = Path(name).expanduser()
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    if not path.is_file():
+        from .encoders import load_encoder
+
+        return _encoder_tokens(load_encoder(name))
+    tok = Tokenizer.from_file(str(path))
+    tok.no_truncation()
+    tok.no_padding()
+    return lambda text: len(tok.encode(text, add_special_tokens=False).ids) if text else 0
 
 
 def _encoder_tokens(enc: Any) -> Callable[[str], int]:
@@ -214,7 +217,7 @@ def pack(passages: Sequence[Passage], budget: int, count: Callable[[str], int], 
     ranked = sorted(passages, key=lambda p: (-p.score, p.doc_id, p.start or 0))
     spare = sorted(fallback, key=lambda p: (-p.score, p.doc_id, p.start or 0))
     for p in [*ranked, *spare]:
-        if _overlaps(p, chosen):
+        if _overlaps(p, chosen) or used + count(p.text) > budget:  # its text alone no longer fits: skip the render
             continue
         trial = arrange([*chosen, p])
         n = _tokens(trial, count, fmt)

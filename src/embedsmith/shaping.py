@@ -195,51 +195,57 @@ def _span(c: Candidate) -> tuple[int, int] | None:
     return None
 
 
-def _absorb(better: Candidate, worse: Candidate) -> Candidate:
-    """``better`` widened to the union of both hits' offsets (and texts, where each text is its slice)."""
-    a, b = _span(better), _span(worse)
-    if a is None or b is None:
-        return better
-    text = better.text
-    if (better.text is not None and worse.text is not None and len(better.text) == a[1] - a[0]
-            and len(worse.text) == b[1] - b[0]):
-        lo, hi = min(a[0], b[0]), max(a[1], b[1])
+def _merged(group: Sequence[tuple[int, Candidate]]) -> Candidate:
+    """The best hit of an overlapping group (the lowest index), widened to the union of their offsets, with the
+    union of their texts where each text is its slice (the better hit's text wins where they overlap)."""
+    best = min(group)[1]
+    if len(group) == 1:
+        return best
+    spans = [(_span(c), c) for _, c in group]
+    lo = min(sp[0] for sp, _ in spans if sp)
+    hi = max(sp[1] for sp, _ in spans if sp)
+    text = best.text
+    if all(c.text is not None and sp is not None and len(c.text) == sp[1] - sp[0] for sp, c in spans):
         buf = [""] * (hi - lo)
-        for span, t in ((b, worse.text), (a, better.text)):  # the better hit's text wins where they overlap
-            buf[span[0] - lo : span[1] - lo] = list(t)
+        for _, c in sorted(group, key=lambda item: -item[0]):  # worst first, so the better hits paint last
+            sp = _span(c)
+            if sp is not None and c.text is not None:
+                buf[sp[0] - lo : sp[1] - lo] = list(c.text)
         text = "".join(buf)
-    meta = dict(better.metadata, start=min(a[0], b[0]), end=max(a[1], b[1]))
-    meta["merged"] = [*better.metadata.get("merged", [better.id]), *worse.metadata.get("merged", [worse.id])]
-    return better._replace(text=text, metadata=meta)
-
-
-def _overlap(x: Candidate, y: Candidate) -> bool:
-    a, b = _span(x), _span(y)
-    doc = _doc_key(x)
-    return (a is not None and b is not None and doc is not None and _doc_key(y) == doc
-            and a[0] < b[1] and b[0] < a[1])
+    merged = [m for _, c in sorted(group) for m in c.metadata.get("merged", [c.id])]
+    return best._replace(text=text, metadata=dict(best.metadata, start=lo, end=hi, merged=merged))
 
 
 def merge_overlapping(cands: Sequence[Candidate]) -> tuple[list[Candidate], list[int]]:
-    """Merge each hit into a better hit of the same document whose offsets overlap it, until none overlap.
+    """Merge the hits of one document whose offsets overlap (directly or through others) into the best of them.
 
-    Returns the kept hits (the best of each overlapping set, widened to the union of their offsets and texts)
-    and, for each, the index in ``cands`` it came from."""
-    kept = list(cands)
-    origin = list(range(len(kept)))
-    changed = True
-    while changed:  # a widened hit may reach one it did not overlap before
-        changed = False
-        for i in range(len(kept)):
-            for j in range(i + 1, len(kept)):
-                if _overlap(kept[i], kept[j]):
-                    kept[i] = _absorb(kept[i], kept[j])
-                    del kept[j], origin[j]
-                    changed = True
-                    break
-            if changed:
-                break
-    return kept, origin
+    Returns the kept hits, in their original order (each the best of its group, widened to the union of the
+    group's offsets and texts), and for each the index in ``cands`` it came from. A sweep per document over
+    the hits sorted by start: O(n log n)."""
+    by_doc: dict[Any, list[tuple[int, int, int, Candidate]]] = {}
+    alone: list[int] = []
+    for i, c in enumerate(cands):
+        span, doc = _span(c), _doc_key(c)
+        if span is None or doc is None:
+            alone.append(i)
+        else:
+            by_doc.setdefault(doc, []).append((span[0], span[1], i, c))
+    kept: dict[int, Candidate] = {i: cands[i] for i in alone}
+    for rows in by_doc.values():
+        rows.sort(key=lambda r: (r[0], r[2]))
+        group: list[tuple[int, Candidate]] = []
+        reach = -1
+        for start, end, i, c in rows:
+            if group and start >= reach:  # no overlap with anything so far: close the group
+                best = min(group)[0]
+                kept[best] = _merged(group)
+                group = []
+            group.append((i, c))
+            reach = end if len(group) == 1 else max(reach, end)
+        if group:
+            kept[min(group)[0]] = _merged(group)
+    order = sorted(kept)
+    return [kept[i] for i in order], order
 
 
 def relevance(scores: Sequence[float]) -> np.ndarray:

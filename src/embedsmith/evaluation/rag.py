@@ -54,9 +54,9 @@ def context_recall(collection: Any, queries: Mapping[str, str], qrels: Mapping[s
             ctx = collection.context(text, budget_tokens=budget, mode=mode)
             ours.append(len(relevant & {p.doc_id for p in ctx.passages}) / len(relevant))
             used, docs = 0, set()
-            for rid, t, meta in zip(*((h := collection.search(text, k=min(1000, budget // 10), mode=mode)).ids,
-                                      h.texts, h.metadata), strict=True):
-                n = count((t or "") + "\n\n")
+            top = collection.search(text, k=min(1000, budget // 10), mode=mode)
+            for rid, chunk, meta in zip(top.ids, top.texts, top.metadata, strict=True):
+                n = count((chunk or "") + "\n\n")
                 if used + n > budget:
                     break
                 used += n

@@ -13,6 +13,7 @@ import functools
 import json
 import math
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
@@ -131,6 +132,7 @@ class Collection(abc.ABC):
         self.ef_search = options.ef_search
         self._closed = False
         self._executor: ThreadPoolExecutor | None = None
+        self._calibration_read: tuple[float, Any] | None = None  # (when, the calibration note) for searches
 
     # -- properties ------------------------------------------------------------------------------------
     @property
@@ -764,9 +766,14 @@ class Collection(abc.ABC):
 
     def _with_relevance(self, hits: Hits, mode: str, rerank: Any, floor: float | None) -> Hits:
         """``hits`` with calibrated relevance, when this mode has a calibration; those below ``floor`` dropped."""
-        from ..calibration import stored
+        from ..calibration import NOTE, from_note
 
-        cal = stored(self, mode, rerank is not None)
+        # The note is read at most once a second (a PostgreSQL round trip per search otherwise): a fit made
+        # by another process shows within a second, one made through this handle at once (set_notes resets).
+        now = time.monotonic()
+        if self._calibration_read is None or now - self._calibration_read[0] > 1.0:
+            self._calibration_read = (now, self._notes().get(NOTE))
+        cal = from_note(self._calibration_read[1], self.settings.fingerprint, mode, rerank is not None)
         if cal is None:
             if floor is not None:
                 raise InvalidInputError(f"min_relevance needs a calibration of {mode!r} search"
@@ -847,6 +854,7 @@ class Collection(abc.ABC):
             except (TypeError, ValueError) as exc:
                 raise InvalidInputError(f"note {key!r} is not JSON-serialisable: {exc}") from None
         self._set_notes(changes)
+        self._calibration_read = None
 
     def is_current(self) -> bool:
         """Whether this handle's collection still exists (False once another process deleted or replaced it, or
