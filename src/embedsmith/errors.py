@@ -75,5 +75,10 @@ class SettingsMismatchError(EmbedsmithError, ValueError):
     """A collection was opened with settings (model, metric, precision, ...) other than those it records."""
 
 
+class NoTokenVectorsError(InvalidInputError):
+    """Late interaction was asked of an encoder that gives no token vectors (static, remote or USE models), or
+    stored token vectors of a collection created without them; the message says what to use instead."""
+
+
 class FilterTooComplexError(InvalidInputError):
     """A metadata filter has more conditions or nesting than a search may carry (the limits are named)."""

@@ -90,9 +90,9 @@ def search(
     boosts, decays = parse_json_option(boost, "--boost"), parse_json_option(decay, "--decay")
     reranker = None
     if rerank is not None:
-        from ..rerankers import Reranker
+        from ..rerankers import load_reranker
 
-        reranker = Reranker(rerank)
+        reranker = load_reranker(rerank)
     with open_collection(collection, store=store, create=False) as c:
         hits = c.search(query, k=k, mode=mode, where=flt, exact=exact, ef=ef,
                         fusion="weighted" if alpha is not None else fusion, alpha=0.5 if alpha is None else alpha,
@@ -126,9 +126,9 @@ def context(
     flt = parse_where(where)
     reranker = None
     if rerank is not None:
-        from ..rerankers import Reranker
+        from ..rerankers import load_reranker
 
-        reranker = Reranker(rerank)
+        reranker = load_reranker(rerank)
     with open_collection(collection, store=store, create=False) as c:
         ctx = c.context(query, budget_tokens=budget, k=k, mode=mode, where=flt, rerank=reranker,
                         tokenizer=tokenizer, widen=widen, format=fmt)
@@ -201,9 +201,9 @@ def calibrate(
         render.warn_problems(problems)
     reranker = None
     if rerank is not None:
-        from ..rerankers import Reranker
+        from ..rerankers import load_reranker
 
-        reranker = Reranker(rerank)
+        reranker = load_reranker(rerank)
     with open_collection(collection, store=store, create=False) as c:
         report = c.calibrate(queries=judged_q, qrels=judged, mode=mode, depth=depth, rerank=reranker, pseudo=pseudo,
                              holdout=holdout)

@@ -187,9 +187,9 @@ def pipeline(
 
     reranker = None
     if rerank is not None:
-        from ..rerankers import Reranker
+        from ..rerankers import load_reranker
 
-        reranker = Reranker(rerank)
+        reranker = load_reranker(rerank)
     with open_collection(collection, store=store, create=False) as c:
         rep = evaluate_pipeline(c, queries, qrels, k=k, modes=[m.strip() for m in modes.split(",")],
                                 reranker=reranker, candidates=candidates, id_field=id_field, limit=limit,

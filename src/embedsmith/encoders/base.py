@@ -148,6 +148,21 @@ class BaseEncoder:
         """Return float32 [n, dim] pooled vectors, in input order."""
         raise NotImplementedError
 
+    def _embed_tokens(self, texts: list[str], kind: Kind | None, batch_size: int, show_progress: bool
+                      ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Pooled vectors [n, dim] and each text's token states [tokens, dim] (special tokens included, the
+        model's cut applied), from one forward pass. Backends whose model has no token states keep this."""
+        from ..errors import NoTokenVectorsError
+
+        raise NoTokenVectorsError(
+            f"encoder {self.name!r} ({self.backend or type(self).__name__}) gives no token vectors, so late "
+            "interaction cannot use it; use a transformer encoder such as minilm (ONNX or torch backend), "
+            "or a multi-vector model folder"
+        )
+
+    #: Special tokens the model puts before and after a text's own tokens ([CLS] and [SEP] for BERT).
+    special_tokens: tuple[int, int] = (0, 0)
+
     # -- shared -------------------------------------------------------------------------------------
     def _prompt(self, kind: Kind | None) -> str:
         return self.prompts.get(kind.value, "") if kind is not None else ""
@@ -269,6 +284,44 @@ class BaseEncoder:
         elif normalize:
             vectors = l2_normalize(vectors)
         return quantize(vectors, p, calibration=calibration)
+
+    def token_vectors(self, texts: Sequence[str], *, kind: str | Kind | None = None, special_tokens: bool = True,
+                      batch_size: int | None = None, show_progress: bool = False) -> list[np.ndarray]:
+        """Each text's token vectors, for late interaction (MaxSim).
+
+        Args:
+            texts: non-empty strings.
+            kind: 'query' or 'document' adds the model's prompt for that kind.
+            special_tokens: keep the model's special tokens ([CLS], [SEP]); False keeps the text's own tokens
+                (and the prompt's).
+
+        Returns:
+            Per text a float32 array [tokens, dim] of the model's last hidden states, each row scaled to
+            unit length (texts longer than the model reads are cut as ``encode`` cuts them).
+
+        Raises:
+            NoTokenVectorsError: the encoder has no token states (static, remote and USE models).
+        """
+        return self.embed_tokens(texts, kind=kind, special_tokens=special_tokens, batch_size=batch_size,
+                                 show_progress=show_progress)[1]
+
+    def embed_tokens(self, texts: Sequence[str], *, kind: str | Kind | None = None, special_tokens: bool = True,
+                     batch_size: int | None = None, show_progress: bool = False
+                     ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Unit-length pooled vectors (as ``encode`` gives them) and :meth:`token_vectors`, from one pass."""
+        items = check_texts(texts)
+        k = parse_enum(Kind, kind, "kind") if kind is not None else None
+        if batch_size is not None and (isinstance(batch_size, bool) or batch_size <= 0):
+            raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if not items:
+            return np.zeros((0, self.dim), np.float32), []
+        pooled, states = self._embed_tokens(items, k, batch_size or self.default_batch_size, show_progress)
+        head, tail = (0, 0) if special_tokens else self.special_tokens
+        out = []
+        for s in states:
+            s = s[head: len(s) - tail] if len(s) > head + tail else s
+            out.append(l2_normalize(np.ascontiguousarray(s, dtype=np.float32)))
+        return l2_normalize(pooled), out
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, dim={self.dim}, backend={self.backend!r})"

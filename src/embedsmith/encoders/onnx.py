@@ -293,6 +293,7 @@ class OnnxEncoder(BaseEncoder):
             i for i, s in enumerate(probe.special_tokens_mask) if not s
         )
         self._head = min(i for i, s in enumerate(probe.special_tokens_mask) if not s)
+        self.special_tokens = (self._head, self._tail)
         self._pad_id = self.tokenizer.token_to_id("[PAD]") or self.tokenizer.token_to_id("<pad>") or 0
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or os.cpu_count() or 1
@@ -313,6 +314,11 @@ class OnnxEncoder(BaseEncoder):
     def _embed(self, texts: list[str], kind: Kind | None, batch_size: int, show_progress: bool) -> np.ndarray:
         return self._run(self._tokenize(texts, kind), batch_size, show_progress)
 
+    def _embed_tokens(self, texts: list[str], kind: Kind | None, batch_size: int, show_progress: bool
+                      ) -> tuple[np.ndarray, list[np.ndarray]]:
+        states: list[np.ndarray] = [np.zeros(0)] * len(texts)
+        return self._run(self._tokenize(texts, kind), batch_size, show_progress, states=states), states
+
     def embed_counted(self, texts: list[str], *, kind: Kind | None = None, truncation_side: str = "right"
                       ) -> tuple[np.ndarray, list[int]]:
         """As :meth:`BaseEncoder.embed_counted`, tokenizing once; a left cut keeps the leading special and
@@ -327,9 +333,10 @@ class OnnxEncoder(BaseEncoder):
         return len(self.tokenizer.encode(prompt, add_special_tokens=False).ids) if prompt else 0
 
     def _run(self, ids: list[list[int]], batch_size: int, show_progress: bool, *, keep_head: int | None = None,
-             warn: bool = True) -> np.ndarray:
+             warn: bool = True, states: list[np.ndarray] | None = None) -> np.ndarray:
         """Encode token ids; a sequence over the limit keeps its start (and closing special tokens), or with
-        ``keep_head`` its first ``keep_head`` tokens and its end."""
+        ``keep_head`` its first ``keep_head`` tokens and its end. With ``states``, each text's token states
+        [tokens, dim] are put there too."""
         if warn:
             self._warn_long([len(x) for x in ids])
         limit, tail = self.max_tokens, self._tail
@@ -352,6 +359,9 @@ class OnnxEncoder(BaseEncoder):
             feed = {"input_ids": input_ids, "attention_mask": mask}
             hidden = self.session.run(None, {k: v for k, v in feed.items() if k in self._inputs})[0]
             out[idx] = pool(hidden, mask, self.folder.pooling)
+            if states is not None:
+                for row, i in enumerate(idx):
+                    states[i] = hidden[row, : clipped[i]].copy()
         return out
 
 

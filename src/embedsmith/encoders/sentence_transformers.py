@@ -72,6 +72,9 @@ class TorchEncoder(BaseEncoder):
         self._counter.no_padding()
         self._counter.no_truncation()
         self.fast_tokenizer = self._counter
+        mask = self._counter.encode("a").special_tokens_mask
+        own = [i for i, m in enumerate(mask) if not m]
+        self.special_tokens = (own[0], len(mask) - 1 - own[-1])
         self.pipelined = device.startswith("cuda") if pipelined is None else bool(pipelined)
         if self.pipelined and device.startswith("cuda"):
             self.default_batch_size = 256
@@ -95,6 +98,21 @@ class TorchEncoder(BaseEncoder):
             normalize_embeddings=False,
         )
         return np.asarray(vectors, dtype=np.float32)
+
+    def _embed_tokens(self, texts: list[str], kind: Kind | None, batch_size: int, show_progress: bool
+                      ) -> tuple[np.ndarray, list[np.ndarray]]:
+        import torch
+
+        self._warn_long(self._token_lengths(texts, kind))
+        prompt = self._prompt(kind)
+        items = [prompt + t for t in texts] if prompt else texts
+        # sentence-transformers gives one of its outputs per call; "None" gives all, the padding cut off.
+        outs = self.model.encode(items, batch_size=batch_size, show_progress_bar=show_progress,
+                                 output_value=None, convert_to_numpy=False, normalize_embeddings=False)
+        pooled = np.stack([o["sentence_embedding"].float().cpu().numpy() for o in outs]).astype(np.float32)
+        with torch.inference_mode():
+            states = [o["token_embeddings"][: int(o["attention_mask"].sum())].float().cpu().numpy() for o in outs]
+        return pooled, states
 
     def _embed_pipelined(self, texts: list[str], lengths: list[int], batch_size: int,
                          show_progress: bool) -> np.ndarray:

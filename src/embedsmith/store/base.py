@@ -166,6 +166,15 @@ class Collection(abc.ABC):
             self._encoder = enc
         return self._encoder
 
+    #: The :class:`~embedsmith.rerankers.late_interaction.TokenCodec` of stored token vectors, or None (a
+    #: collection without them; late interaction then computes them per search).
+    late_interaction: Any = None
+
+    def _late_tokens(self, ids: list[str], texts: list[str]) -> tuple[Any, list[np.ndarray]]:
+        from ..errors import NoTokenVectorsError
+
+        raise NoTokenVectorsError(f"collection {self.name!r} stores no token vectors")
+
     def _check_encoder(self, enc: Encoder) -> None:
         check_encoder(self.settings, enc)
 

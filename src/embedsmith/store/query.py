@@ -190,7 +190,7 @@ def shown(hits: Hits, include: frozenset[str]) -> Hits:
                 first_stage_scores=hits.first_stage_scores, rerank_logits=hits.rerank_logits)
 
 
-def reranked_pool(r: SearchRequest, reranker: Reranker, ranked: list[Candidate]
+def reranked_pool(r: SearchRequest, reranker: Reranker, ranked: list[Candidate], coll: Collection | None = None
                   ) -> tuple[list[Candidate], dict[str, tuple[float, float]]]:
     """The rerank pool (the first ``candidates`` of ``ranked``) ordered by the reranker, scored with its
     probability; and each id's (first-stage score, logit)."""
@@ -198,13 +198,17 @@ def reranked_pool(r: SearchRequest, reranker: Reranker, ranked: list[Candidate]
     missing = [c.id for c in pool if not c.text]
     if missing:
         raise InvalidInputError(f"record {missing[0]!r} has no text to rerank")
-    order = reranker.rerank(str(r.query), [str(c.text) for c in pool])
+    if coll is not None and hasattr(reranker, "rerank_candidates"):  # late interaction reads stored tokens
+        order = reranker.rerank_candidates(str(r.query), pool, coll)
+    else:
+        order = reranker.rerank(str(r.query), [str(c.text) for c in pool])
     order.sort(key=lambda o: (-o[2], pool[o[0]].id))
     return [pool[i].rescored(p) for i, p, _ in order], {pool[i].id: (pool[i].score, lg) for i, _, lg in order}
 
 
-def rerank_candidates(r: SearchRequest, reranker: Reranker, ranked: list[Candidate]) -> Hits:
-    pool, before = reranked_pool(r, reranker, ranked)
+def rerank_candidates(r: SearchRequest, reranker: Reranker, ranked: list[Candidate], coll: Collection | None = None
+                      ) -> Hits:
+    pool, before = reranked_pool(r, reranker, ranked, coll)
     return with_rerank(hits_of(pool[: r.k]), before)
 
 
@@ -245,10 +249,10 @@ def finish(r: SearchRequest, ranked: list[Candidate], coll: Collection) -> Hits:
     if r.shaping is None:
         if r.rerank is None:
             return shown(hits_of(ranked[: r.k]), r.include)
-        return shown(rerank_candidates(r, r.rerank, ranked), r.include)
+        return shown(rerank_candidates(r, r.rerank, ranked, coll), r.include)
     before: dict[str, tuple[float, float]] | None = None
     if r.rerank is not None:
-        ranked, before = reranked_pool(r, r.rerank, ranked)
+        ranked, before = reranked_pool(r, r.rerank, ranked, coll)
     vectors = unit_vectors(coll, ranked) if r.shaping.needs_vectors else None
     hits = hits_of(shape(ranked, vectors, r.shaping, r.k))
     return shown(with_rerank(hits, before) if before is not None else hits, r.include)

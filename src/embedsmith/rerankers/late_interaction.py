@@ -1,0 +1,254 @@
+"""Late interaction (ColBERT's MaxSim) as a second stage, from the token vectors of the encoder we ship.
+
+A query and a document are each a bag of unit token vectors; their score is the mean, over the query's
+tokens, of each one's best cosine with any of the document's tokens. No trained reranker is needed: MiniLM's
+own last hidden states reorder its dense top 100 on Cranfield dev from nDCG@10 0.48 to 0.53
+(benchmarks/README.md, "Late interaction").
+
+Document token vectors come from one of two places:
+
+- ``stored``: written with the collection at index time (``late_interaction=True`` at creation), in a
+  :class:`TokenCodec`'s compact form (float16, int8 or binary, optionally reduced by a PCA fitted on the
+  collection's first documents). Reranking 100 candidates then reads their blobs and multiplies.
+- ``on-the-fly``: the candidates' texts are encoded per search (no storage, one forward pass per search).
+
+sentence-transformers 6 has a ``MultiVectorEncoder`` and PyLate a ColBERT model, but both score with torch over
+padded tensors of fixed width; here the candidates' ragged token matrices are concatenated and scored with
+one matrix product and a segmented max (``numpy.maximum.reduceat``), which is what makes 100 candidates cost
+milliseconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import InvalidInputError, NoTokenVectorsError
+from ..quantization import l2_normalize
+
+if TYPE_CHECKING:
+    from ..store.base import Candidate, Collection
+
+SOURCES = ("stored", "on-the-fly")
+PRECISIONS = ("float32", "float16", "int8", "binary")
+#: Tokens a PCA is fitted on: at most this many, drawn evenly from the first documents written.
+PCA_SAMPLE = 50_000
+#: Fewer tokens than this in the first write and the bundled sample tops them up before fitting.
+PCA_MIN_TOKENS = 4_000
+
+
+def maxsim(query: np.ndarray, docs: Sequence[np.ndarray]) -> np.ndarray:
+    """MaxSim of one query against each document: mean over the query's token rows of their best dot product
+    with any of the document's token rows. ``query`` [m, d] and each doc [n_i, d] float32 (unit rows for
+    cosine). Returns float32 [len(docs)]; a document without tokens scores -1."""
+    if not docs:
+        return np.zeros(0, np.float32)
+    q = np.asarray(query, np.float32)
+    lengths = np.array([len(d) for d in docs])
+    keep = np.flatnonzero(lengths > 0)
+    out = np.full(len(docs), -1.0, np.float32)
+    if len(keep) == 0 or len(q) == 0:
+        return out
+    flat = np.concatenate([np.asarray(docs[int(i)], np.float32) for i in keep])
+    sims = q @ flat.T  # [m, total tokens]
+    starts = np.concatenate([[0], np.cumsum(lengths[keep])[:-1]])
+    best = np.maximum.reduceat(sims, starts, axis=1)  # [m, docs]: each query token's best per document
+    out[keep] = best.mean(axis=0)
+    return out
+
+
+@dataclass(frozen=True)
+class TokenCodec:
+    """How a collection stores token vectors: optional PCA (centred, to ``dims``), then a precision.
+
+    - ``float16``: 2 bytes per value.
+    - ``int8``: one byte per value and a float16 scale per token (each token's largest value maps to 127).
+    - ``binary``: one sign bit per value; documents score as the query's dot product with their signs
+      (scaled by ``1/sqrt(dims)``), an asymmetric estimate that keeps the query exact.
+    """
+
+    precision: str = "int8"
+    dims: int | None = None
+    mean: np.ndarray | None = None
+    components: np.ndarray | None = None  # [dims, dim]
+
+    @classmethod
+    def checked(cls, precision: Any = "int8", dims: Any = None) -> TokenCodec:
+        if precision not in PRECISIONS:
+            raise InvalidInputError(
+                f"late-interaction precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+        if dims is not None and (isinstance(dims, bool) or not isinstance(dims, int) or not 8 <= dims <= 4096):
+            raise InvalidInputError(f"late-interaction dims must be an integer from 8 to 4096, got {dims!r}")
+        if precision == "binary" and dims is not None and dims % 8:
+            raise InvalidInputError(f"binary token vectors need dims divisible by 8, got {dims}")
+        return cls(str(precision), dims)
+
+    @property
+    def fitted(self) -> bool:
+        return self.dims is None or self.components is not None
+
+    def fit(self, tokens: np.ndarray) -> TokenCodec:
+        """This codec with its PCA fitted on ``tokens`` [n, dim] (unit rows); unchanged without ``dims``."""
+        if self.dims is None:
+            return self
+        x = np.asarray(tokens, np.float64)
+        if self.dims > x.shape[1]:
+            raise InvalidInputError(f"late-interaction dims={self.dims} is more than the encoder's {x.shape[1]}")
+        if len(x) > PCA_SAMPLE:
+            x = x[np.linspace(0, len(x) - 1, PCA_SAMPLE).astype(int)]
+        mean = x.mean(axis=0)
+        # The covariance's eigenvectors (dim x dim) are cheaper than an SVD of the samples and exactly PCA.
+        cov = np.cov(x - mean, rowvar=False)
+        vals, vecs = np.linalg.eigh(cov)
+        comps = vecs[:, np.argsort(-vals)[: self.dims]].T
+        comps *= np.where(comps[np.arange(len(comps)), np.abs(comps).argmax(axis=1)] < 0, -1.0, 1.0)[:, None]
+        return TokenCodec(self.precision, self.dims, mean.astype(np.float32), comps.astype(np.float32))
+
+    def project(self, tokens: np.ndarray) -> np.ndarray:
+        """Token vectors in the stored space (PCA-reduced when fitted), unit rows, float32."""
+        t = np.asarray(tokens, np.float32)
+        if self.components is not None and self.mean is not None:
+            t = (t - self.mean) @ self.components.T
+        return l2_normalize(t)
+
+    @property
+    def width(self) -> int | None:
+        return self.dims
+
+    def encode(self, tokens: np.ndarray) -> bytes:
+        """``tokens`` [n, dim] (unit rows) as stored bytes."""
+        t = self.project(tokens)
+        if self.precision == "float32":
+            return t.astype("<f4").tobytes()
+        if self.precision == "float16":
+            return t.astype("<f2").tobytes()
+        if self.precision == "int8":
+            scale = np.maximum(np.abs(t).max(axis=1, keepdims=True), 1e-8)
+            q = np.clip(np.rint(t / scale * 127), -127, 127).astype(np.int8)
+            return scale.astype("<f2").tobytes() + q.tobytes()
+        return np.packbits(t > 0, axis=1).tobytes()
+
+    def decode(self, blob: bytes, n: int, d: int) -> np.ndarray:
+        """Stored bytes of ``n`` tokens of width ``d`` back to float32 [n, d]."""
+        if self.precision == "float32":
+            return np.frombuffer(blob, "<f4").reshape(n, d)
+        if self.precision == "float16":
+            return np.frombuffer(blob, "<f2").reshape(n, d).astype(np.float32)
+        if self.precision == "int8":
+            scale = np.frombuffer(blob, "<f2", count=n).astype(np.float32).reshape(n, 1)
+            q = np.frombuffer(blob, np.int8, offset=2 * n).reshape(n, d)
+            return q.astype(np.float32) * (scale / 127)
+        bits = np.unpackbits(np.frombuffer(blob, np.uint8).reshape(n, -1), axis=1)[:, :d]
+        return (bits.astype(np.float32) * 2 - 1) / np.sqrt(d)
+
+    def bytes_per_token(self, dim: int) -> float:
+        d = self.dims or dim
+        return {"float32": 4 * d, "float16": 2 * d, "int8": d + 2, "binary": d / 8}[self.precision]
+
+    # -- persisted with the collection ---------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"precision": self.precision, "dims": self.dims}
+        if self.components is not None and self.mean is not None:
+            buf = io.BytesIO()
+            np.savez(buf, mean=self.mean, components=self.components)
+            out["pca"] = base64.b64encode(buf.getvalue()).decode("ascii")
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TokenCodec:
+        codec = cls.checked(d.get("precision", "int8"), d.get("dims"))
+        if d.get("pca"):
+            arrays = np.load(io.BytesIO(base64.b64decode(d["pca"])))
+            return TokenCodec(codec.precision, codec.dims, arrays["mean"], arrays["components"])
+        return codec
+
+
+class LateInteraction:
+    """MaxSim over the candidates' token vectors; usable wherever a reranker is (``search(rerank=...)``).
+
+    Args:
+        encoder: what makes the token vectors: None (the collection's own encoder), an encoder, or a name.
+        source: 'auto' (the collection's stored token vectors when it has them, else on the fly),
+            'stored' (an error when the collection has none) or 'on-the-fly'.
+        special_tokens: score with the query's [CLS]/[SEP] (and, on the fly, the documents').
+    """
+
+    name = "maxsim"
+
+    def __init__(self, encoder: Any = None, *, source: str = "auto", special_tokens: bool = True) -> None:
+        if source not in ("auto", *SOURCES):
+            raise InvalidInputError(f"late-interaction source {source!r}: expected auto, stored or on-the-fly")
+        if isinstance(encoder, str):
+            from ..encoders import load_encoder
+
+            encoder = load_encoder(encoder)
+        self.encoder = encoder
+        self.source = source
+        self.special_tokens = bool(special_tokens)
+        self.last_latency_s = 0.0
+        self.backend = "maxsim"
+
+    def _encoder_for(self, coll: Collection | None) -> Any:
+        if self.encoder is not None:
+            return self.encoder
+        if coll is None:
+            raise InvalidInputError("late interaction outside a collection needs an encoder: LateInteraction('minilm')")
+        return coll.encoder
+
+    def scores(self, query: str, texts: Sequence[str], *, coll: Collection | None = None,
+               ids: Sequence[str] | None = None) -> np.ndarray:
+        """MaxSim of ``query`` against each text (the collection's stored token vectors for ``ids`` when it has
+        them and the encoder is its own), float32 [len(texts)]."""
+        if not isinstance(query, str) or not query.strip():
+            raise InvalidInputError("query is empty")
+        start = time.perf_counter()
+        enc = self._encoder_for(coll)
+        stored = coll is not None and ids is not None and self._use_stored(coll, enc)
+        q = enc.token_vectors([query], kind="query", special_tokens=self.special_tokens)[0]
+        if stored:
+            assert coll is not None and ids is not None  # narrowed above
+            codec, docs = coll._late_tokens(list(ids), list(texts))
+            out = maxsim(codec.project(q), docs)
+        else:
+            docs = enc.token_vectors(list(texts), kind="document", special_tokens=self.special_tokens) if texts else []
+            out = maxsim(q, docs)
+        self.last_latency_s = time.perf_counter() - start
+        return out
+
+    def _use_stored(self, coll: Collection, enc: Any) -> bool:
+        has = coll.late_interaction is not None
+        if self.source == "stored" and not has:
+            raise NoTokenVectorsError(
+                f"collection {coll.name!r} stores no token vectors; create it with late_interaction=True "
+                "(`embedsmith index --late-interaction`), or rerank with source='on-the-fly'"
+            )
+        if self.source == "stored" and enc is not coll.encoder:
+            raise InvalidInputError("stored token vectors are the collection's encoder's; pass no encoder")
+        return has and self.source != "on-the-fly" and enc is coll.encoder
+
+    def logits(self, query: str, texts: Sequence[str]) -> np.ndarray:
+        """MaxSim scores of ``texts`` computed on the fly (the :class:`Reranker` interface)."""
+        return self.scores(query, texts)
+
+    def rerank(self, query: str, texts: Sequence[str], *, top_n: int | None = None,
+               coll: Collection | None = None, ids: Sequence[str] | None = None) -> list[tuple[int, float, float]]:
+        """``(index into texts, score, score)`` best first: MaxSim is both the score and the 'logit'."""
+        s = self.scores(query, texts, coll=coll, ids=ids)
+        order = np.argsort(-s, kind="stable")[: top_n or len(s)]
+        return [(int(i), float(s[i]), float(s[i])) for i in order]
+
+    def rerank_candidates(self, query: str, pool: Sequence[Candidate], coll: Collection
+                          ) -> list[tuple[int, float, float]]:
+        return self.rerank(query, [str(c.text) for c in pool], coll=coll, ids=[c.id for c in pool])
+
+    def __repr__(self) -> str:
+        return f"LateInteraction(source={self.source!r})"
+
+
+__all__ = ["PRECISIONS", "SOURCES", "LateInteraction", "TokenCodec", "maxsim"]
