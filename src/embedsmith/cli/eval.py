@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ..evaluation.tasks import TASKS
 from . import render
 from .options import (
     BackendOpt,
@@ -28,22 +29,9 @@ eval_app = typer.Typer(
     no_args_is_help=True,
 )
 
-TASK_HELP = {
-    "retrieval": "BEIR folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv): nDCG/MAP/MRR/recall/precision@k.",
-    "sts": "Sentence pairs with gold scores (STSb CSV, SICK/SemEval TSV): Spearman/Pearson.",
-    "classification": "Text + label file (and optionally a test file): MTEB's logistic regression protocol, plus kNN.",
-    "clustering": "Text + label file: MiniBatchKMeans with k = number of labels, V-measure.",
-    "pair-classification": "Sentence pairs + binary label: best accuracy/F1 and average precision.",
-    "bitext": "Two aligned files (SOURCE TARGET): nearest-neighbour accuracy and F1, both ways.",
-}
-COLUMNS = {
-    "retrieval": ("ndcg_at_10", "mrr_at_10", "recall_at_100", "map_at_100"),
-    "sts": ("spearman_cosine", "pearson_cosine"),
-    "classification": ("accuracy", "f1", "knn_accuracy"),
-    "clustering": ("v_measure", "nmi", "ari"),
-    "pair-classification": ("max_ap", "max_f1", "max_accuracy"),
-    "bitext": ("accuracy", "f1", "reverse_accuracy", "reverse_f1"),
-}
+# The registry of task types (light: numpy and the readers; scikit-learn loads when a task runs).
+TASK_HELP = {name: cls.help for name, cls in TASKS.items()}
+COLUMNS = {name: cls.columns for name, cls in TASKS.items()}
 
 OutputOpt = Annotated[Path | None, typer.Option(help="write the results as JSON (MTEB's layout)")]
 
@@ -79,7 +67,7 @@ def _run_task(task_type: str, path: Path, path2: Path | None, models: list[str],
         share = r.encode_time / r.evaluation_time if r.evaluation_time else 0.0
         rows.append([r.model_name, f"{r.main_score:.4f}", *(f"{r.scores[c]:.4f}" for c in COLUMNS[task_type]),
                      f"{r.evaluation_time:.1f}", f"{share:.0%}"])
-    render.print_table(f"{task_type}: {task.name} ({task.split}, {task.n_examples} examples, {setting})", columns,
+    render.print_table(f"{task_type}: {task.name} ({task.split_name}, {task.n_examples} examples, {setting})", columns,
                        rows, right=columns[1:])
     if output is not None:
         render.console().print(f"wrote {output}", markup=False)
