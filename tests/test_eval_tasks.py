@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zlib
 from types import SimpleNamespace
 
 import numpy as np
@@ -12,6 +13,8 @@ from scipy.stats import spearmanr
 from conftest import DATA
 from embedsmith import InvalidInputError
 from embedsmith.evaluation import (
+    TASK_TYPES,
+    TASKS,
     BitextTask,
     ClassificationTask,
     ClusteringTask,
@@ -25,6 +28,58 @@ from embedsmith.evaluation import (
 from embedsmith.evaluation.tasks import spearman, undersample
 
 BANKING = DATA / "banking77" / "train-20x40.csv"
+# Every task's scores as the single-file tasks.py computed them before the split into evaluation/tasks/
+# (captured by running that code), for a deterministic hashing encoder and for MiniLM (ONNX).
+BEFORE_SPLIT = json.loads((DATA / "eval-scores-before-split.json").read_text())
+
+
+def _same_as_before_split(key, scores):
+    ref = BEFORE_SPLIT[key]
+    assert set(scores) == set(ref), key
+    for metric, value in ref.items():
+        assert scores[metric] == pytest.approx(value, abs=1e-9), (key, metric)
+
+
+class Hashing:
+    """Deterministic bag of words and character trigrams in 128 crc32 buckets."""
+
+    name = "hashing"
+
+    def encode(self, texts):
+        out = np.zeros((len(texts), 128), np.float32)
+        for i, t in enumerate(texts):
+            t = t.lower()
+            for w in t.split():
+                out[i, zlib.crc32(w.encode()) % 128] += 1
+            for j in range(len(t) - 2):
+                out[i, zlib.crc32(t[j : j + 3].encode()) % 128] += 0.25
+        return out
+
+
+def _all_tasks():
+    return {
+        "sts": STSTask.from_file(DATA / "stsb" / "stsb-en-dev.csv"),
+        "retrieval": RetrievalTask.from_beir(DATA / "cranfield", split="dev"),
+        "classification": ClassificationTask.from_file(BANKING),
+        "clustering": ClusteringTask.from_file(BANKING),
+        "pair-classification": PairClassificationTask.from_file(DATA / "sick" / "SICK_trial-300.txt"),
+        "bitext": BitextTask.from_files(DATA / "tatoeba" / "tatoeba.deu-eng.deu",
+                                        DATA / "tatoeba" / "tatoeba.deu-eng.eng"),
+    }
+
+
+def test_every_task_scores_as_before_the_split():
+    cache = EmbeddingCache()
+    for name, task in _all_tasks().items():
+        assert type(task) is TASKS[name]
+        _same_as_before_split(f"hashing/{name}", task.evaluate(Hashing(), cache=cache).scores)
+
+
+def test_registry_builds_the_cli_help_and_columns():
+    from embedsmith.cli.eval import COLUMNS, TASK_HELP
+
+    assert list(TASK_HELP) == list(TASKS) == list(TASK_TYPES)
+    assert all(COLUMNS[n] == cls.columns and TASK_HELP[n] == cls.help for n, cls in TASKS.items())
 
 
 def test_rank_correlations_match_scipy_with_ties():
@@ -140,6 +195,7 @@ def test_stsb_matches_sentence_transformers_evaluator(minilm_onnx, minilm_torch)
     for name in ("cosine", "manhattan", "euclidean"):
         for stat in ("spearman", "pearson"):
             assert ours[f"{stat}_{name}"] == pytest.approx(ref[f"{stat}_{name}"], abs=1e-4), (stat, name)
+    _same_as_before_split("minilm/sts", ours)
     assert result.main_score == ours["spearman_cosine"] > 0.8
     assert 0 < result.encode_time <= result.evaluation_time
     # Dimension cuts and binary precision cost quality, as they should.
@@ -167,6 +223,7 @@ def test_retrieval_matches_pytrec_eval_and_sentence_transformers(minilm_onnx, mi
         ref = np.mean([v[theirs] for v in per.values()])
         assert result.scores[ours] == pytest.approx(ref, abs=1e-6), ours
     assert result.main_score == result.scores["ndcg_at_10"] > 0.3
+    _same_as_before_split("minilm/retrieval", result.scores)
 
     ir = InformationRetrievalEvaluator(
         {q: task.queries[q] for q in task.qrels}, task.corpus,
@@ -213,6 +270,7 @@ def test_classification_and_clustering_match_mteb(minilm_onnx):
     assert result.scores["accuracy"] == pytest.approx(np.mean(accs), abs=1e-6)
     assert result.scores["f1"] == pytest.approx(np.mean(f1s), abs=1e-6)
     assert result.main_score > 0.6 and result.scores["knn_accuracy"] > 0.6
+    _same_as_before_split("minilm/classification", result.scores)
 
     clustering = ClusteringTask.from_file(BANKING)
     cres = clustering.evaluate(minilm_onnx, cache=cache)
@@ -231,6 +289,7 @@ def test_classification_and_clustering_match_mteb(minilm_onnx):
     ref = v_measure_score(clustering.labels, ev(_Precomputed(), encode_kwargs={}))
     assert cres.scores["v_measure"] == pytest.approx(ref, abs=1e-6)
     assert cres.main_score > 0.5
+    _same_as_before_split("minilm/clustering", cres.scores)
 
 
 @pytest.mark.slow
@@ -255,6 +314,7 @@ def test_pair_classification_matches_mteb(minilm_onnx):
     ref = cls._compute_metrics_values(mteb_self, man.tolist(), y, False)
     assert result.scores["manhattan_ap"] == pytest.approx(ref["ap"], abs=1e-6)
     assert result.main_score == result.scores["max_ap"] > 0.5
+    _same_as_before_split("minilm/pair-classification", result.scores)
 
 
 @pytest.mark.slow
@@ -265,6 +325,7 @@ def test_bitext_multilingual_encoders_beat_minilm(minilm_onnx):
     base = task.evaluate(minilm_onnx)
     assert set(base.scores) >= {"accuracy", "f1", "reverse_accuracy", "reverse_f1"}
     assert base.languages == ["deu", "eng"]
+    _same_as_before_split("minilm/bitext", base.scores)
     for alias in ("e5-small-multilingual", "use-multilingual"):
         multi = task.evaluate(load_encoder(alias))
         assert multi.main_score > 0.8 and multi.main_score > base.main_score + 0.4, (alias, multi.main_score)

@@ -224,6 +224,43 @@ class ClassificationReport:
     predictions: list[Prediction]
 
 
+def knn_vote(train: np.ndarray, train_labels: Sequence[Any], test: np.ndarray, k: int) -> tuple[list[Any], np.ndarray]:
+    """The label of each test vector by its ``k`` most cosine-similar training vectors.
+
+    Each neighbour votes with its similarity (negative ones count as 0, plus 1e-9 so that every
+    neighbour counts); the heaviest label wins, ties going to the smallest label. Neighbours tied on
+    similarity are taken in training order. Used by :class:`Classifier` and by
+    :class:`~embedsmith.evaluation.ClassificationTask`'s kNN scores.
+
+    Args:
+        train: [m, dim] training vectors; ``train_labels``: their m labels (any sortable values).
+        test: [n, dim] vectors to label.
+
+    Returns:
+        n labels, and each one's confidence [n]: its share of the votes.
+    """
+    tn = l2_normalize(np.asarray(train, np.float32))
+    k = min(k, len(tn))
+    out: list[Any] = []
+    confidence: list[float] = []
+    for lo in range(0, len(test), 512):
+        sims = l2_normalize(np.asarray(test[lo : lo + 512], np.float32)) @ tn.T
+        part = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < sims.shape[1] else \
+            np.tile(np.arange(sims.shape[1]), (sims.shape[0], 1))
+        rows = np.arange(sims.shape[0])[:, None]
+        top = part[rows, np.lexsort((part, -sims[rows, part]), axis=1)]
+        for row, idx in zip(sims, top, strict=True):
+            votes: dict[Any, float] = {}
+            for i in idx:
+                lbl = train_labels[int(i)]
+                votes[lbl] = votes.get(lbl, 0.0) + max(float(row[i]), 0.0) + 1e-9
+            best = max(votes.values())
+            winner = min(lbl for lbl, w in votes.items() if w == best)
+            out.append(winner)
+            confidence.append(best / sum(votes.values()))
+    return out, np.asarray(confidence)
+
+
 class Classifier:
     """Labels texts by vector nearness.
 
@@ -281,19 +318,8 @@ class Classifier:
             z = np.exp((sims - sims.max(1, keepdims=True)) / 0.05)
             proba = z / z.sum(1, keepdims=True)
             return [Prediction(self.labels[int(i)], float(p[i])) for p, i in zip(proba, proba.argmax(1), strict=True)]
-        out = []
-        k = min(self.k, len(self._train))
-        for lo in range(0, len(v), 512):
-            sims = v[lo : lo + 512] @ self._train.T
-            top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-            for row, idx in zip(sims, top, strict=True):
-                votes: dict[int, float] = {}
-                for i in idx:
-                    lbl = int(self._train_labels[i])
-                    votes[lbl] = votes.get(lbl, 0.0) + max(float(row[i]), 0.0) + 1e-9
-                best, weight = max(votes.items(), key=lambda kv: (kv[1], -kv[0]))
-                out.append(Prediction(self.labels[best], weight / sum(votes.values())))
-        return out
+        labels, confidence = knn_vote(self._train, self._train_labels.tolist(), v, self.k)
+        return [Prediction(self.labels[int(i)], float(c)) for i, c in zip(labels, confidence, strict=True)]
 
     def evaluate(self, texts: Sequence[str], labels: Sequence[str], *, vectors: Any = None) -> ClassificationReport:
         """Score predictions against gold labels.

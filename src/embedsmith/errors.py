@@ -82,3 +82,7 @@ class NoTokenVectorsError(InvalidInputError):
 
 class FilterTooComplexError(InvalidInputError):
     """A metadata filter has more conditions or nesting than a search may carry (the limits are named)."""
+
+
+class ResultMismatchError(InvalidInputError):
+    """Two evaluation results cannot be compared: their data differ (content digests, items or task)."""

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ..evaluation.tasks import TASKS
 from . import render
 from .options import (
     BackendOpt,
@@ -28,22 +29,9 @@ eval_app = typer.Typer(
     no_args_is_help=True,
 )
 
-TASK_HELP = {
-    "retrieval": "BEIR folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv): nDCG/MAP/MRR/recall/precision@k.",
-    "sts": "Sentence pairs with gold scores (STSb CSV, SICK/SemEval TSV): Spearman/Pearson.",
-    "classification": "Text + label file (and optionally a test file): MTEB's logistic regression protocol, plus kNN.",
-    "clustering": "Text + label file: MiniBatchKMeans with k = number of labels, V-measure.",
-    "pair-classification": "Sentence pairs + binary label: best accuracy/F1 and average precision.",
-    "bitext": "Two aligned files (SOURCE TARGET): nearest-neighbour accuracy and F1, both ways.",
-}
-COLUMNS = {
-    "retrieval": ("ndcg_at_10", "mrr_at_10", "recall_at_100", "map_at_100"),
-    "sts": ("spearman_cosine", "pearson_cosine"),
-    "classification": ("accuracy", "f1", "knn_accuracy"),
-    "clustering": ("v_measure", "nmi", "ari"),
-    "pair-classification": ("max_ap", "max_f1", "max_accuracy"),
-    "bitext": ("accuracy", "f1", "reverse_accuracy", "reverse_f1"),
-}
+# The registry of task types (light: numpy and the readers; scikit-learn loads when a task runs).
+TASK_HELP = {name: cls.help for name, cls in TASKS.items()}
+COLUMNS = {name: cls.columns for name, cls in TASKS.items()}
 
 OutputOpt = Annotated[Path | None, typer.Option(help="write the results as JSON (MTEB's layout)")]
 
@@ -66,9 +54,13 @@ def _run_task(task_type: str, path: Path, path2: Path | None, models: list[str],
 
     results = [task.evaluate(model(m), dims=dims, precision=precision, cache=cache) for m in models]
     payload = [r.to_mteb() for r in results]
-    if output is not None:
-        output.write_text(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2) + "\n",
-                          encoding="utf-8")
+    if output is not None and len(results) == 1:
+        results[0].save(output)  # and the per-item scores beside it, for `eval compare`
+    elif output is not None:
+        from ..evaluation.results import items_path
+
+        output.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        items_path(output).write_text(json.dumps([r.items_dict() for r in results]) + "\n", encoding="utf-8")
     if as_json:
         render.print_json(payload[0] if len(payload) == 1 else payload)
         return
@@ -79,7 +71,7 @@ def _run_task(task_type: str, path: Path, path2: Path | None, models: list[str],
         share = r.encode_time / r.evaluation_time if r.evaluation_time else 0.0
         rows.append([r.model_name, f"{r.main_score:.4f}", *(f"{r.scores[c]:.4f}" for c in COLUMNS[task_type]),
                      f"{r.evaluation_time:.1f}", f"{share:.0%}"])
-    render.print_table(f"{task_type}: {task.name} ({task.split}, {task.n_examples} examples, {setting})", columns,
+    render.print_table(f"{task_type}: {task.name} ({task.split_name}, {task.n_examples} examples, {setting})", columns,
                        rows, right=columns[1:])
     if output is not None:
         render.console().print(f"wrote {output}", markup=False)
@@ -112,6 +104,32 @@ def _task_command(task_type: str) -> Callable[..., None]:
 
 for _name, _help in TASK_HELP.items():
     eval_app.command(_name, help=_help)(_task_command(_name))
+
+
+@eval_app.command()
+def compare(
+    a: Annotated[Path, typer.Argument(help="result A (eval --output), with its .items.json beside it")],
+    b: Annotated[Path, typer.Argument(help="result B, of the same data")],
+    seed: Annotated[int, typer.Option(help="seed of the resampling")] = 0,
+    resamples: Annotated[int, typer.Option(help="paired bootstrap resamples (and permutations)")] = 10_000,
+    as_json: JsonOpt = False,
+) -> None:
+    """Is B better than A? Per metric B - A, a paired-bootstrap 95% interval, a permutation p-value, a verdict.
+
+    Exit status 0 whatever the verdict (a report, not a gate).
+    """
+    from ..evaluation.compare import compare_files
+
+    rows = compare_files(a, b, resamples=resamples, seed=seed)
+    if as_json:
+        render.print_json({c.metric: {"a": c.a, "b": c.b, "diff": c.diff, "ci_low": c.ci_low, "ci_high": c.ci_high,
+                                      "p_value": c.p_value, "verdict": c.verdict} for c in rows})
+        return
+    columns = ["metric", "A", "B", "B - A", "95% interval", "p", "verdict"]
+    render.print_table(f"{b} (B) against {a} (A), {resamples} paired resamples", columns,
+                       [[c.metric, f"{c.a:.4f}", f"{c.b:.4f}", f"{c.diff:+.4f}",
+                         f"[{c.ci_low:+.4f}, {c.ci_high:+.4f}]", f"{c.p_value:.4f}", c.verdict] for c in rows],
+                       right=columns[1:6])
 
 
 @eval_app.command()

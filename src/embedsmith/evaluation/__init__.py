@@ -5,6 +5,7 @@ from .metrics import retrieval_scores
 from .results import TaskResult
 from .tasks import (
     TASK_TYPES,
+    TASKS,
     BitextTask,
     ClassificationTask,
     ClusteringTask,
@@ -17,6 +18,7 @@ from .tasks import (
 )
 
 __all__ = [
+    "TASKS",
     "TASK_TYPES",
     "BitextTask",
     "ClassificationTask",

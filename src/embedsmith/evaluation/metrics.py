@@ -72,6 +72,30 @@ _METRICS = {
 }
 
 
+def _check_ks(ks: Sequence[int]) -> None:
+    for k in ks:
+        if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
+            raise InvalidInputError(f"cut-offs must be positive integers, got {k!r}")
+
+
+def per_query_scores(
+    qrels: Mapping[str, Mapping[str, int]],
+    run: Mapping[str, Sequence[str]],
+    ks: Sequence[int] = DEFAULT_KS,
+) -> tuple[list[str], dict[str, list[float]]]:
+    """Every metric at every k for each judged query (the items a significance test resamples).
+
+    Returns:
+        The judged query ids, and per metric (``"ndcg_at_10"``...) one score per query in that order.
+    """
+    _check_ks(ks)
+    judged = [q for q, rel in qrels.items() if any(g > 0 for g in rel.values())]
+    if not judged:
+        raise InvalidInputError("qrels hold no query with a relevant document")
+    return judged, {f"{name}_at_{k}": [fn(run.get(q, []), qrels[q], k) for q in judged]
+                    for name, fn in _METRICS.items() for k in ks}
+
+
 def retrieval_scores(
     qrels: Mapping[str, Mapping[str, int]],
     run: Mapping[str, Sequence[str]],
@@ -87,14 +111,5 @@ def retrieval_scores(
     Returns:
         ``{"ndcg_at_10": ..., "map_at_10": ..., "mrr_at_10": ..., "recall_at_100": ..., ...}``.
     """
-    for k in ks:
-        if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
-            raise InvalidInputError(f"cut-offs must be positive integers, got {k!r}")
-    judged = [q for q, rel in qrels.items() if any(g > 0 for g in rel.values())]
-    if not judged:
-        raise InvalidInputError("qrels hold no query with a relevant document")
-    out: dict[str, float] = {}
-    for name, fn in _METRICS.items():
-        for k in ks:
-            out[f"{name}_at_{k}"] = sum(fn(run.get(q, []), qrels[q], k) for q in judged) / len(judged)
-    return out
+    judged, per = per_query_scores(qrels, run, ks)
+    return {metric: sum(values) / len(judged) for metric, values in per.items()}

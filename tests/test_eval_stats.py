@@ -1,0 +1,66 @@
+"""Significance of differences: paired bootstrap and permutation p-values, and `embedsmith eval compare`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, v_measure_score
+
+from embedsmith.errors import ResultMismatchError
+from embedsmith.evaluation import STSTask
+from embedsmith.evaluation.compare import compare_results
+from embedsmith.evaluation.stats import STATISTICS, paired_bootstrap, spearman
+from test_cli import run
+from test_eval_tasks import DATA, Hashing
+
+
+def test_interval_equals_a_direct_numpy_bootstrap():
+    rng = np.random.default_rng(1)
+    a = rng.random(200)
+    b = a + 0.05 + 0.1 * rng.normal(size=200)
+    c = paired_bootstrap(a, b, resamples=2000, seed=7)
+    direct = np.random.default_rng(7)
+    boot = (b - a)[direct.integers(0, 200, size=(2000, 200))].mean(1)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    assert c.ci_low == pytest.approx(lo, abs=1e-12) and c.ci_high == pytest.approx(hi, abs=1e-12)
+    assert c.diff == pytest.approx((b - a).mean()) and c.verdict == "B better" and c.p_value < 0.01
+    same = paired_bootstrap(a, a, resamples=500)
+    assert same.diff == 0 and same.verdict == "no significant difference" and same.p_value == 1.0
+    assert paired_bootstrap(b, a, resamples=500).verdict == "A better"
+
+
+def test_corpus_statistics_equal_their_references():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=300), rng.integers(0, 5, 300).astype(float)
+    rows = np.stack([x, y], 1)[None]
+    assert STATISTICS["spearman"](rows)[0] == pytest.approx(spearman(x, y), abs=1e-12)
+    labels = (rng.random(300) < 0.4).astype(float)
+    scores = np.round(rng.random(300), 2)  # ties
+    ap = STATISTICS["average_precision"](np.stack([scores, labels], 1)[None])[0]
+    assert ap == pytest.approx(average_precision_score(labels, scores), abs=1e-12)
+    gold, pred = rng.integers(0, 6, 300), rng.integers(0, 4, 300)
+    vm = STATISTICS["v_measure"](np.stack([gold, pred], 1)[None].astype(float))[0]
+    assert vm == pytest.approx(v_measure_score(gold, pred), abs=1e-12)
+
+
+def test_compare_cli_same_encoder_and_refused_data(tmp_path):
+    sts = tmp_path / "sts.csv"
+    sts.write_text("\n".join((DATA / "stsb" / "stsb-en-dev.csv").read_text().splitlines()[:300]) + "\n")
+    task = STSTask.from_file(sts)
+    r1, r2 = task.evaluate(Hashing()), task.evaluate(Hashing())
+    r1.save(tmp_path / "a.json")
+    r2.save(tmp_path / "b.json")
+    assert "embedsmith" in json.loads((tmp_path / "a.json").read_text())  # the MTEB JSON itself is unchanged
+    out = json.loads(run("eval", "compare", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--json",
+                         "--resamples", "1000").stdout)
+    assert set(out) == {"main_score", "spearman_cosine", "pearson_cosine"}
+    assert all(v["verdict"] == "no significant difference" and v["diff"] == 0 for v in out.values())
+    other = tmp_path / "other.csv"
+    other.write_text(sts.read_text().replace("5.000", "4.000", 1) + "x,y,1\n")
+    STSTask.from_file(other, name="sts").evaluate(Hashing()).save(tmp_path / "c.json")
+    bad = run("eval", "compare", str(tmp_path / "a.json"), str(tmp_path / "c.json"), check=False)
+    assert bad.returncode == 1 and "different data" in bad.stderr and "Traceback" not in bad.stderr
+    with pytest.raises(ResultMismatchError):
+        compare_results(r1, STSTask.from_file(other, name="sts").evaluate(Hashing()))
