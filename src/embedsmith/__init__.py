@@ -12,6 +12,8 @@ from .errors import (
     InvalidInputError,
     MissingExtraError,
     ModelNotFoundError,
+    NoTokenVectorsError,
+    ResultMismatchError,
     SettingsMismatchError,
     StoreCorruptError,
     StoreError,
@@ -19,7 +21,7 @@ from .errors import (
 )
 from .ingest import IndexReport, index_paths
 from .quantization import Int8Calibration, quantize, truncate_dims
-from .rerankers import Reranker
+from .rerankers import LateInteraction, Reranker
 from .similarity import TopK, analogy, pairwise, top_k
 from .store import Collection, IndexRebuildWarning, delete_collection, list_collections, open_collection
 from .types import Chunk, Encoder, Hit, Hits, Kind, Metric, Precision
@@ -44,11 +46,14 @@ __all__ = [
     "Int8Calibration",
     "InvalidInputError",
     "Kind",
+    "LateInteraction",
     "Metric",
     "MissingExtraError",
     "ModelNotFoundError",
+    "NoTokenVectorsError",
     "Precision",
     "Reranker",
+    "ResultMismatchError",
     "SettingsMismatchError",
     "StoreCorruptError",
     "StoreError",
