@@ -115,3 +115,35 @@ def test_late_interaction_needs_token_vectors(kb, tmp_path) -> None:
         Pooled().token_vectors(["a text"])
     with pytest.raises(InvalidInputError, match="source"):
         LateInteraction(source="disk")
+
+
+def test_hybrid_fuses_maxsim_as_a_third_list(kb, minilm_onnx) -> None:
+    from embedsmith.search import reciprocal_rank_fusion
+
+    coll, _ = kb
+    fused = coll.search(QUERY, k=100, mode="hybrid")
+    dense = coll.search(QUERY, k=100, mode="dense")
+    sparse = coll.search(QUERY, k=100, mode="bm25")
+    q = minilm_onnx.token_vectors([QUERY], kind="query")[0]
+    s = maxsim(q, minilm_onnx.token_vectors([str(t) for t in fused.texts], kind="document"))
+    order = [fused.ids[i] for i in np.argsort(-s, kind="stable")]
+    want = [i for i, _ in reciprocal_rank_fusion([dense.ids, sparse.ids, order])][:10]
+    got = coll.search(QUERY, k=10, mode="hybrid", late_interaction=True)
+    assert got.ids == want
+    assert got.ids != fused.ids[:10]
+    with pytest.raises(InvalidInputError, match="rerank=LateInteraction"):
+        coll.search(QUERY, mode="dense", late_interaction=True)
+
+
+def test_eval_pipeline_late_interaction_modes(kb) -> None:
+    _, root = kb
+    out = subprocess.run([sys.executable, "-m", "embedsmith", "eval", "pipeline", "-c", "kb", "--store", str(root),
+                          "--queries", str(CRAN / "queries.jsonl"), "--qrels", str(next((CRAN / "qrels").glob("*"))),
+                          "--late-interaction", "--modes", "dense", "--limit", "3", "--json"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    modes = json.loads(out.stdout)["modes"]
+    assert set(modes) == {"dense", "dense>maxsim", "hybrid+maxsim"}
+    for m in ("dense>maxsim", "hybrid+maxsim"):
+        assert set(modes[m]) == {"ndcg_at_10", "recall_at_100", "mrr_at_10", "latency_p50_ms"}
+        assert 0 <= modes[m]["ndcg_at_10"] <= 1

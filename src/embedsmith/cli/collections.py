@@ -69,9 +69,12 @@ def search(
     fusion: Annotated[str, typer.Option(help="hybrid fusion: rrf | weighted")] = "rrf",
     alpha: Annotated[float | None, typer.Option(help="dense weight for weighted fusion (implies --fusion weighted)")]
     = None,
-    rerank: Annotated[Path | None, typer.Option(help="cross-encoder folder to rerank with")] = None,
+    rerank: Annotated[Path | None, typer.Option(
+        help="cross-encoder folder, or maxsim (late interaction) / maxsim:ENCODER")] = None,
     candidates: Annotated[int | None, typer.Option(help="first-stage candidates for reranking (100)")] = None,
     group_by: Annotated[str | None, typer.Option(help="best hit per metadata field, e.g. source")] = None,
+    late_interaction: Annotated[bool, typer.Option(
+        "--late-interaction", help="hybrid: fuse a MaxSim order with dense and bm25")] = False,
     exact: Annotated[bool, typer.Option(help="brute-force dense search")] = False,
     ef: Annotated[int | None, typer.Option(help="HNSW search breadth")] = None,
     diversity: Annotated[float | None, typer.Option(help="0..1: MMR diversity (0 = relevance order)")] = None,
@@ -97,7 +100,8 @@ def search(
         hits = c.search(query, k=k, mode=mode, where=flt, exact=exact, ef=ef,
                         fusion="weighted" if alpha is not None else fusion, alpha=0.5 if alpha is None else alpha,
                         rerank=reranker, candidates=candidates, group_by=group_by, diversity=diversity,
-                        dedup=True if dedup else None, boost=boosts, decay=decays, min_relevance=min_relevance)
+                        dedup=True if dedup else None, boost=boosts, decay=decays, min_relevance=min_relevance,
+                        late_interaction=late_interaction)
     if as_json:
         render.print_json({"collection": collection, "query": query, "mode": mode, "hits": hits.to_dicts()},
                           ensure_ascii=False)

@@ -196,6 +196,8 @@ def pipeline(
     limit: Annotated[int | None, typer.Option(help="evaluate only the first N judged queries")] = None,
     rag: Annotated[bool, typer.Option(help="also redundancy with/without dedup and diversity, and context recall "
                                            "against naive concatenation at 1k/2k/4k tokens")] = False,
+    late_interaction: Annotated[bool, typer.Option(
+        "--late-interaction", help="add dense>maxsim (dense reordered by MaxSim) and hybrid+maxsim (fused)")] = False,
     as_json: JsonOpt = False,
     output: Annotated[Path | None, typer.Option(help="write the report as JSON")] = None,
 ) -> None:
@@ -211,7 +213,7 @@ def pipeline(
     with open_collection(collection, store=store, create=False) as c:
         rep = evaluate_pipeline(c, queries, qrels, k=k, modes=[m.strip() for m in modes.split(",")],
                                 reranker=reranker, candidates=candidates, id_field=id_field, limit=limit,
-                                show_progress=not as_json, rag=rag)
+                                show_progress=not as_json, rag=rag, late_interaction=late_interaction)
     data = rep.to_dict()
     if output is not None:
         output.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")

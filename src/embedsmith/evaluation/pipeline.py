@@ -70,6 +70,7 @@ def evaluate_pipeline(
     limit: int | None = None,
     show_progress: bool = False,
     rag: bool = False,
+    late_interaction: bool = False,
 ) -> PipelineReport:
     """Run every judged query through the collection in each mode and score the rankings.
 
@@ -85,6 +86,8 @@ def evaluate_pipeline(
         limit: evaluate only the first ``limit`` judged queries.
         rag: also measure, per dense/hybrid mode, the top 10's redundancy with and without dedup and diversity,
             and the context recall of :meth:`Collection.context` against naive concatenation at 1k/2k/4k tokens.
+        late_interaction: add ``dense>maxsim`` (dense candidates reordered by MaxSim) and ``hybrid+maxsim``
+            (MaxSim fused with dense and bm25).
     """
     problems: Counter[str] = Counter()
     qmap = dict(queries) if isinstance(queries, dict) else read_beir_queries(queries, problems)
@@ -120,7 +123,13 @@ def evaluate_pipeline(
         exact = collection.search(qmap[qid], k=k, mode="dense", exact=True).ids
         overlap.append(len(set(ann) & set(exact)) / max(len(exact), 1))
 
-    all_modes = list(modes) + (["rerank"] if reranker is not None else [])
+    all_modes = list(modes) + (["dense>maxsim", "hybrid+maxsim"] if late_interaction else []) + \
+        (["rerank"] if reranker is not None else [])
+    late = None
+    if late_interaction:
+        from ..rerankers.late_interaction import LateInteraction
+
+        late = LateInteraction()
     report: dict[str, dict[str, Any]] = {}
     for mode in all_modes:
         run: dict[str, list[str]] = {}
@@ -130,6 +139,12 @@ def evaluate_pipeline(
                 start = time.perf_counter()
                 if mode == "rerank":
                     hits = collection.search(qmap[qid], k=depth, mode="hybrid", rerank=reranker,
+                                             candidates=max(candidates, depth))
+                elif mode == "dense>maxsim":
+                    hits = collection.search(qmap[qid], k=depth, mode="dense", rerank=late,
+                                             candidates=max(candidates, depth))
+                elif mode == "hybrid+maxsim":
+                    hits = collection.search(qmap[qid], k=depth, mode="hybrid", late_interaction=late,
                                              candidates=max(candidates, depth))
                 else:
                     hits = collection.search(qmap[qid], k=depth, mode=mode)

@@ -645,6 +645,7 @@ class Collection(abc.ABC):
         boost: Mapping[str, float] | None = None,
         decay: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
         min_relevance: float | None = None,
+        late_interaction: Any = False,
     ) -> Hits:
         """Search the collection.
 
@@ -684,6 +685,9 @@ class Collection(abc.ABC):
             min_relevance: drop hits whose calibrated P(relevant) is below this (needs :meth:`calibrate` for
                 this mode first). Whenever a calibration for the mode is stored, hits carry ``relevance``
                 (except an ids-and-scores search of a vector, which takes a straight path).
+            late_interaction: hybrid only: True (or a :class:`~embedsmith.rerankers.LateInteraction`) orders
+                the fused top ``candidates`` (100) by MaxSim and fuses that order with the dense and bm25
+                lists by RRF.
 
         Returns:
             :class:`Hits`, best first, ties broken by id. Dense scores are higher-is-better (negated
@@ -705,9 +709,11 @@ class Collection(abc.ABC):
         request = SearchRequest.checked(query, k, mode=mode, ef=ef if ef is not None else self.ef_search,
                                         exact=exact, rescore=rescore, fusion=fusion, alpha=alpha, rrf_k=rrf_k,
                                         candidates=candidates, rerank=rerank, group_by=group_by, include=include,
-                                        diversity=diversity, dedup=dedup, boost=boost, decay=decay)
+                                        diversity=diversity, dedup=dedup, boost=boost, decay=decay,
+                                        late_interaction=late_interaction)
         floor = self._relevance_floor(min_relevance, boost, decay)
-        return self._with_relevance(run_search(self, request, self._compile_where(where)), mode, rerank, floor)
+        calibrated = mode if request.late is None else "hybrid+maxsim"  # its own scores, its own calibration
+        return self._with_relevance(run_search(self, request, self._compile_where(where)), calibrated, rerank, floor)
 
     @translated
     def search_many(

@@ -90,12 +90,15 @@ class SearchRequest:
     group_by: str | None
     include: frozenset[str] = INCLUDABLE
     shaping: Shaping | None = None
+    #: hybrid only: a LateInteraction whose MaxSim order is fused with dense and bm25 (three-way RRF)
+    late: Any = None
 
     @classmethod
     def checked(cls, query: Any, k: Any, *, mode: str, ef: Any, exact: bool, rescore: Any, fusion: str,
                 alpha: float, rrf_k: int, candidates: Any, rerank: Reranker | None,
                 group_by: str | None, include: Sequence[str] | None = None, diversity: Any = None,
-                dedup: Any = None, boost: Any = None, decay: Any = None) -> SearchRequest:
+                dedup: Any = None, boost: Any = None, decay: Any = None,
+                late_interaction: Any = False) -> SearchRequest:
         k = positive_int(k, "k")
         if k > MAX_K:
             raise InvalidInputError(f"k={k} is more hits than one search returns (at most {MAX_K}); page with a filter")
@@ -130,7 +133,21 @@ class SearchRequest:
                 raise InvalidInputError(f"include: unknown {unknown[0]!r}; choose from ids, scores, texts, metadata")
             shown = frozenset(include) & INCLUDABLE
         shaping = Shaping.checked(diversity=diversity, dedup=dedup, boost=boost, decay=decay)
-        return cls(query, k, mode, ef, bool(exact), rescore, strategy, candidates, rerank, group_by, shown, shaping)
+        late = None
+        if late_interaction is not False and late_interaction is not None:
+            from ..rerankers.late_interaction import LateInteraction
+
+            if mode != "hybrid":
+                raise InvalidInputError(f"late_interaction fuses a third list into hybrid search, not {mode}; "
+                                        "to reorder dense candidates by MaxSim use rerank=LateInteraction()")
+            if late_interaction is True:
+                late = LateInteraction()
+            elif isinstance(late_interaction, LateInteraction):
+                late = late_interaction
+            else:
+                raise InvalidInputError(f"late_interaction must be True or a LateInteraction, got {late_interaction!r}")
+        return cls(query, k, mode, ef, bool(exact), rescore, strategy, candidates, rerank, group_by, shown, shaping,
+                   late)
 
     @property
     def light(self) -> bool:
@@ -172,7 +189,17 @@ def first_stage(coll: Collection, r: SearchRequest, flt: CompiledFilter) -> list
         dense = coll._dense(coll._query_vector(r.query), pool, flt, ef=r.ef, exact=r.exact, rescore=r.rescore)
     finally:
         sparse = pending.result()
-    return r.fusion.fuse(dense, sparse)
+    fused = r.fusion.fuse(dense, sparse)
+    if r.late is None:
+        return fused
+    # MaxSim orders the two-way fusion's top candidates; the three orders are fused by RRF (a MaxSim order of
+    # hybrid's candidates alone loses what bm25 contributed: benchmarks/README.md, "Late interaction").
+    shortlist = fused[: r.candidates or HYBRID_POOL]
+    order = r.late.rerank_candidates(str(r.query), shortlist, coll)
+    rows = {c.id: c for c in fused}
+    lists = [[c.id for c in dense], [c.id for c in sparse], [shortlist[i].id for i, _, _ in order]]
+    k = r.fusion.k if isinstance(r.fusion, RrfFusion) else RRF_K
+    return best_first(rows[key].rescored(score) for key, score in reciprocal_rank_fusion(lists, k=k))
 
 
 def hits_of(cands: Sequence[Candidate]) -> Hits:
