@@ -77,3 +77,7 @@ class SettingsMismatchError(EmbedsmithError, ValueError):
 
 class FilterTooComplexError(InvalidInputError):
     """A metadata filter has more conditions or nesting than a search may carry (the limits are named)."""
+
+
+class ClusterUnreachableError(EmbedsmithError, ConnectionError):
+    """A compute cluster (Ray, for scale-out ingestion) cannot be reached or started at the address given."""
