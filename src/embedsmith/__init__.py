@@ -3,6 +3,7 @@
 from .chunking import chunk_text
 from .encoders import MODELS, TruncationWarning, VectorCache, load_encoder
 from .errors import (
+    ClusterUnreachableError,
     CollectionBusyError,
     CollectionExistsError,
     CollectionNotFoundError,
@@ -32,6 +33,7 @@ __all__ = [
     "MODELS",
     "Chunk",
     "Collection",
+    "ClusterUnreachableError",
     "CollectionBusyError",
     "CollectionExistsError",
     "CollectionNotFoundError",

@@ -86,3 +86,7 @@ class FilterTooComplexError(InvalidInputError):
 
 class ResultMismatchError(InvalidInputError):
     """Two evaluation results cannot be compared: their data differ (content digests, items or task)."""
+
+
+class ClusterUnreachableError(EmbedsmithError, ConnectionError):
+    """A compute cluster (Ray, for scale-out ingestion) cannot be reached or started at the address given."""

@@ -25,6 +25,7 @@ from .io import decode_text, parse_jsonl, parse_table
 
 if TYPE_CHECKING:
     from .store import Collection
+    from .types import Encoder
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst"}
 SUPPORTED = TEXT_SUFFIXES | {".html", ".htm", ".pdf", ".jsonl", ".csv"}
@@ -206,8 +207,14 @@ def document_chunks(
     front (``index_text``) so that they keep their document's context; their stored text stays the exact
     slice of the document, and chunks are sized so that title plus chunk fit the model.
     """
+    return chunk_records(doc, collection.encoder, max_tokens=max_tokens, overlap=overlap, headings=headings)
+
+
+def chunk_records(
+    doc: Document, enc: Encoder, *, max_tokens: int | None, overlap: int, headings: bool
+) -> list[dict[str, Any]]:
+    """:func:`document_chunks` with the encoder itself (Ray actors hold an encoder, not a collection)."""
     text = f"{doc.title}\n\n{doc.text}" if doc.title and doc.text.strip() else (doc.text or doc.title or "")
-    enc = collection.encoder
     limit = max_tokens
     title_tokens = len(encoder_token_spans(enc, doc.title)) if doc.title and doc.text.strip() else 0
     if title_tokens:
@@ -230,6 +237,18 @@ def document_chunks(
         if title_tokens and c.start > 0:
             rec["index_text"] = f"{doc.title}\n\n{c.text}"
         records.append(rec)
+    return records
+
+
+def file_records(path: Path, docs: Sequence[Document], digest: str, enc: Encoder, *, max_tokens: int | None,
+                 overlap: int, headings: bool | None) -> list[dict[str, Any]]:
+    """The records of one file's documents, stamped with the file's hash (local and Ray ingestion share it)."""
+    use_headings = headings if headings is not None else path.suffix.lower() in (".md", ".markdown")
+    records = []
+    for doc in docs:
+        for rec in chunk_records(doc, enc, max_tokens=max_tokens, overlap=overlap, headings=use_headings):
+            rec["metadata"]["doc_hash"] = digest
+            records.append(rec)
     return records
 
 
@@ -316,11 +335,8 @@ def _index_paths(collection: Collection, paths: Sequence[str | Path], *, max_tok
             report.files_skipped.append((source, clash))
             warnings.warn(f"skipped {source}: {clash}", SkippedFileWarning, stacklevel=2)
             continue
-        use_headings = headings if headings is not None else f.suffix.lower() in (".md", ".markdown")
-        for doc in docs:
-            for rec in document_chunks(doc, collection, max_tokens=max_tokens, overlap=overlap, headings=use_headings):
-                rec["metadata"]["doc_hash"] = digest
-                pending.append(rec)
+        pending += file_records(f, docs, digest, collection.encoder, max_tokens=max_tokens, overlap=overlap,
+                                headings=headings)
         report.documents += len(docs)
         report.files_indexed += 1
         pending_sources.append(source)

@@ -41,13 +41,38 @@ def index(
     id_field: Annotated[str | None, typer.Option(help="JSONL/CSV id field (default _id or id)")] = None,
     prune: Annotated[bool, typer.Option(help="remove chunks of files that no longer exist")] = False,
     vector_cache: VectorCacheOpt = True,
+    ray: Annotated[bool, typer.Option("--ray", help="encode on Ray Data actors (PostgreSQL stores; embedsmith[ray])")]
+    = False,
+    ray_address: Annotated[str | None, typer.Option(
+        help="Ray cluster: host:port, ray://host:port or auto [default: a local Ray runtime]")] = None,
+    workers: Annotated[int | None, typer.Option(help="--ray: encoding actors [default: the cluster's CPUs]")] = None,
 ) -> None:
     """Chunk, embed and store files; unchanged files are skipped, changed ones replaced.
 
     Without --model, an existing collection keeps the model it was built with and a new one uses minilm; a
-    --model other than an existing collection's is refused (re-embed into a new collection instead)."""
+    --model other than an existing collection's is refused (re-embed into a new collection instead). With --ray,
+    Ray Data actors read, chunk and encode (one model each) and one writer stores whole files into PostgreSQL."""
     from ..ingest import index_paths
     from ..store import list_collections, open_collection
+
+    if ray or ray_address is not None or workers is not None:
+        from ..errors import InvalidInputError
+        from ..ingest_ray import Chunking, index_dataset, sqlite_refusal
+        from ..store import is_postgres
+
+        if not ray:
+            raise InvalidInputError("--ray-address and --workers go with --ray")
+        if store is None or not is_postgres(store):
+            raise sqlite_refusal(store or "the default store")
+        if prune:
+            raise InvalidInputError("--prune is not available with --ray; run embedsmith index --prune without it")
+        report = index_dataset(paths, store=store, collection=collection, encoder=model,
+                               chunking=Chunking(chunk_tokens, overlap, headings), num_workers=workers,
+                               ray_address=ray_address, text_field=text_field, id_field=id_field, metric=metric,
+                               precision=precision, dims=dims, show_progress=True)
+        with open_collection(collection, store=store, create=False) as c:
+            render.print_index_report(report, c.info())
+        return
 
     # An existing collection loads its recorded model itself; an explicit --model is loaded and checked against it.
     own_model = model is None and collection in list_collections(store)

@@ -463,6 +463,22 @@ class Collection(abc.ABC):
         return id_list
 
     @translated
+    def replace_vectors(self, where: Where, records: Sequence[Mapping[str, Any]], vectors: np.ndarray) -> list[str]:
+        """:meth:`replace` with pre-computed vectors [n, dim] (one per record, e.g. encoded on other machines):
+        the records matching ``where`` are deleted and ``records`` added in one transaction."""
+        flt = self._compile_where(where)
+        if not records:
+            self._delete(None, flt)
+            return []
+        t, i, m, e = self._split_records(records, None, None)
+        t = check_texts(t)
+        id_list = check_ids(i, len(t))
+        meta = check_metadata(m, len(t))
+        self._insert(id_list, t, meta, self._check_vectors(vectors, len(t)), replace=True, delete_where=flt,
+                     index_texts=e)
+        return id_list
+
+    @translated
     def delete(self, ids: Sequence[str] | None = None, *, where: Where | None = None) -> int:
         """Delete records by id or by filter. Returns how many were deleted."""
         if (ids is None) == (where is None):

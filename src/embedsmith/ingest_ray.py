@@ -1,0 +1,396 @@
+"""Scale-out ingestion on Ray Data, into a PostgreSQL + pgvector collection.
+
+The same readers, chunker and records as :func:`~embedsmith.ingest.index_paths` (so a collection indexed here
+holds the same ids, texts and metadata), on a Ray cluster or a local Ray runtime:
+
+* files (or a ``ray.data.Dataset`` with a ``path`` column, and optionally the ``bytes`` column
+  ``ray.data.read_binary_files(..., include_paths=True)`` gives) are read, hashed, parsed and chunked by an actor
+  pool that also encodes them: one model per actor, ONNX on CPU, CUDA when Ray gave the actor a GPU;
+* one writer actor writes each batch of whole files with :meth:`Collection.replace_vectors`: one transaction
+  that removes the files' old records and adds the new ones with binary ``COPY`` (the backend's own write, so
+  the BM25 statistics, HNSW graph and metadata indexes stay what its other writes keep). One writer, because
+  the backend takes the collection's write lock per transaction anyway; encoding is what scales.
+
+Idempotent and resumable: records are keyed by document id, every chunk carries its file's sha256
+(``doc_hash``), and a file is written whole or not at all. A retried task rewrites the same rows in place of
+themselves; a rerun after a crash skips the files whose hash is stored (as local ingestion does) and redoes the
+rest. Ray Data restarts a dead actor and retries its batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import pickle
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from .errors import ClusterUnreachableError, EmbedsmithError, InvalidInputError, require
+from .ingest import (
+    Document,
+    IndexReport,
+    UnreadableFileError,
+    _id_clash,
+    file_records,
+    read_documents,
+    walk,
+)
+
+if TYPE_CHECKING:
+    from .store.settings import CollectionSettings
+    from .types import Encoder
+
+#: chunks committed together at most (whole files; a larger file is one transaction of its own)
+WRITE_CHUNKS = 512
+
+
+@dataclass(frozen=True)
+class Chunking:
+    """How documents are cut: chunk size and overlap in the encoder's tokens, markdown headings as boundaries
+    (default: on for .md files)."""
+
+    max_tokens: int | None = None
+    overlap: int = 50
+    headings: bool | None = None
+
+
+def sqlite_refusal(store: object) -> InvalidInputError:
+    """The one-line refusal of Ray ingestion into an embedded (SQLite) store."""
+    return InvalidInputError(
+        f"Ray ingestion writes to PostgreSQL only; store {str(store)!r} is an embedded SQLite store (one machine, "
+        "one writer): pass --store postgresql://user@host:port/db (pip install 'embedsmith[postgres]'), or drop "
+        "--ray to index on this machine"
+    )
+
+
+def _ray() -> Any:
+    require("ray.data", extra="ray", what="Ray ingestion (--ray)")
+    return require("ray", extra="ray", what="Ray ingestion (--ray)")
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast, in one line, on an address nothing listens on (ray.init would retry for minutes)."""
+    if address in ("auto", "local"):
+        return
+    parts = urlsplit(address if "://" in address else f"ray://{address}")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host, port = None, None
+    if not host:
+        raise InvalidInputError(f"Ray address {address!r} is not host:port, ray://host:port, 'auto' or 'local'")
+    try:
+        socket.create_connection((host, port or (10001 if parts.scheme == "ray" else 6379)), timeout=5).close()
+    except OSError as exc:
+        raise ClusterUnreachableError(
+            f"cannot reach the Ray cluster at {address!r}: {exc.strerror or exc}; start it (ray start --head) or "
+            "omit --ray-address for a local Ray runtime"
+        ) from None
+
+
+def _start_ray(ray: Any, address: str | None, num_cpus: int | None) -> bool:
+    """Connect to ``address`` or start a local runtime unless one is up; True when this call started it."""
+    if address is not None:
+        _check_reachable(address)
+    if ray.is_initialized():
+        return False
+    try:
+        ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
+                 configure_logging=False, log_to_driver=False)
+    except (ConnectionError, TimeoutError, RuntimeError) as exc:
+        raise ClusterUnreachableError(f"cannot start or reach Ray at {address or 'a local runtime'!r}: {exc}") from exc
+    return True
+
+
+Crash = tuple[tuple[str, int, str], ...]
+
+
+def _crash_now(crash: Crash, stage: str, done: int) -> None:
+    """Test hook: exit this worker process once (a marker file says so) after ``done`` batches of ``stage``
+    (for ``write``: after the batch's commit, before Ray hears of it)."""
+    for when, after, marker in crash:
+        if when == stage and done == after:
+            try:
+                Path(marker).open("x").close()
+            except FileExistsError:
+                continue
+            os._exit(1)
+
+
+class _EncodeFiles:
+    """Actor: read, hash, parse, chunk and encode a batch of files with one model."""
+
+    def __init__(self, settings: CollectionSettings, known: dict[str, str], chunking: Chunking, text_field: str,
+                 id_field: str | None, threads: int, crash: Crash) -> None:
+        import ray
+
+        from .encoders import load_encoder
+        from .store.settings import check_encoder
+
+        gpu = bool(ray.get_gpu_ids())
+        if not settings.model:
+            raise InvalidInputError(f"collection {settings.name!r} stores vectors without a model: nothing to "
+                                    "encode files with")
+        self.enc: Encoder = load_encoder(settings.model, backend="auto" if gpu else "onnx",
+                                         device="cuda" if gpu else "cpu", threads=threads)
+        check_encoder(settings, self.enc)
+        self.known, self.chunking = known, chunking
+        self.text_field, self.id_field = text_field, id_field
+        self.crash, self.done = crash, 0
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out: dict[str, list[Any]] = {k: [] for k in ("source", "status", "reason", "documents", "payload")}
+        files: list[tuple[int, list[dict[str, Any]], list[tuple[str, int | None]]]] = []
+        blobs = batch.get("bytes")
+        for i, path in enumerate(batch["path"]):
+            source = str(path)
+            status, reason, ndocs, payload = "indexed", "", 0, b""
+            try:
+                raw = bytes(blobs[i]) if blobs is not None else Path(source).read_bytes()
+                digest = hashlib.sha256(raw).hexdigest()
+                if self.known.get(source) == digest:
+                    status = "unchanged"
+                else:
+                    docs = read_documents(Path(source), raw, text_field=self.text_field, id_field=self.id_field)
+                    records = file_records(Path(source), docs, digest, self.enc, max_tokens=self.chunking.max_tokens,
+                                           overlap=self.chunking.overlap, headings=self.chunking.headings)
+                    ndocs = len(docs)
+                    files.append((len(out["source"]), records, [(d.id, d.line) for d in docs]))
+            except OSError as exc:
+                status, reason = "skipped", exc.strerror or str(exc)
+            except UnreadableFileError as exc:
+                status, reason = "skipped", str(exc)
+            for key, value in zip(out, (source, status, reason, ndocs, payload), strict=True):
+                out[key].append(value)
+        texts = [r.get("index_text") or r["text"] for _, recs, _ in files for r in recs]
+        vectors = (np.asarray(self.enc.encode(texts, kind="document"), dtype=np.float32) if texts
+                   else np.zeros((0, 0), np.float32))
+        at = 0
+        for row, recs, ids in files:
+            out["payload"][row] = pickle.dumps((recs, vectors[at : at + len(recs)], ids))
+            at += len(recs)
+        self.done += 1
+        _crash_now(self.crash, "encode", self.done)
+        return {k: np.array(v, dtype=object if k == "payload" else None) for k, v in out.items()}
+
+
+class _WriteFiles:
+    """Actor (one): write batches of whole files, each batch in transactions of at most ``WRITE_CHUNKS``."""
+
+    def __init__(self, store: str, name: str, crash: Crash) -> None:
+        from .store import open_collection
+
+        self.c = open_collection(name, store=store, create=False)
+        self.claimed: dict[str, tuple[str, int | None]] = {}
+        self.crash, self.done = crash, 0
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(batch["source"])
+        status = [str(s) for s in batch["status"]]
+        reason = [str(s) for s in batch["reason"]]
+        chunks = [0] * n
+        group: list[tuple[int, list[dict[str, Any]], np.ndarray]] = []
+
+        def flush() -> None:
+            if group:
+                recs = [r for _, rs, _ in group for r in rs]
+                vecs = np.concatenate([v for _, rs, v in group if rs]) if recs else np.zeros((0, 0), np.float32)
+                self.c.replace_vectors({"source": {"$in": [str(batch["source"][i]) for i, _, _ in group]}}, recs,
+                                       vecs)
+                group.clear()
+
+        for i in range(n):
+            if status[i] != "indexed":
+                continue
+            source = str(batch["source"][i])
+            recs, vecs, ids = pickle.loads(batch["payload"][i])
+            docs = [Document(d, "", source, line=line) for d, line in ids]
+            clash = _id_clash(self.c, docs, source, self.claimed)
+            if clash:
+                status[i], reason[i] = "skipped", clash
+                continue
+            chunks[i] = len(recs)
+            if group and sum(len(rs) for _, rs, _ in group) + len(recs) > WRITE_CHUNKS:
+                flush()
+            group.append((i, recs, vecs))
+        flush()
+        self.done += 1
+        _crash_now(self.crash, "write", self.done)
+        return {"source": batch["source"], "status": np.array(status), "reason": np.array(reason),
+                "documents": batch["documents"], "chunks": np.array(chunks)}
+
+    def __del__(self) -> None:
+        c = getattr(self, "c", None)
+        if c is not None:
+            c.close()
+
+
+def _cause(exc: BaseException) -> EmbedsmithError | None:
+    """Our error inside a Ray task failure (Ray wraps what the actor raised), if that is what it was."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, EmbedsmithError):
+            return e
+        stack += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+    return None
+
+
+def index_dataset(
+    dataset_or_paths: Any,
+    *,
+    store: str,
+    collection: str,
+    encoder: Encoder | str | None = None,
+    chunking: Chunking | None = None,
+    batch_size: int = 8,
+    num_workers: int | None = None,
+    threads_per_worker: int = 1,
+    gpus_per_worker: float = 0.0,
+    ray_address: str | None = None,
+    text_field: str = "text",
+    id_field: str | None = None,
+    metric: str | None = None,
+    precision: str | None = None,
+    dims: int | None = None,
+    show_progress: bool = False,
+    _crash: Crash = (),
+) -> IndexReport:
+    """Index files into a PostgreSQL collection on Ray Data (see the module docstring).
+
+    Args:
+        dataset_or_paths: files and folders (as :func:`~embedsmith.ingest.index_paths` takes), or a
+            ``ray.data.Dataset`` with a ``path`` column (and optionally ``bytes``: the file's content).
+        store: a ``postgresql://`` DSN (a DSN, not an open collection: a connection pool cannot travel to actors).
+        collection: its name; created with ``encoder``'s settings (and metric, precision, dims) when missing.
+        encoder: an alias, folder or encoder whose name the actors load (default: the collection's model, or
+            minilm for a new collection).
+        chunking: chunk size, overlap, headings (:class:`Chunking`).
+        batch_size: files per encoding batch.
+        num_workers: encoding actors (default: the cluster's CPUs / ``threads_per_worker``).
+        threads_per_worker, gpus_per_worker: what each actor gets (its model runs on CUDA when it has a GPU).
+        ray_address: a cluster (``host:port``, ``ray://host:port``, ``auto``); None: this process's Ray runtime,
+            or a new local one.
+
+    Returns:
+        An :class:`~embedsmith.ingest.IndexReport` (files indexed/unchanged/skipped with reasons, documents,
+        chunks).
+
+    Raises:
+        InvalidInputError: a store that is not PostgreSQL, a missing path, bad batch sizes.
+        MissingExtraError: the ``ray`` (or ``postgres``) extra is not installed.
+        ClusterUnreachableError: nothing answers at ``ray_address``.
+    """
+    from tqdm.auto import tqdm
+
+    from .store import is_postgres, open_collection
+
+    if not is_postgres(store):
+        raise sqlite_refusal(store)
+    for name, value in (("batch_size", batch_size), ("threads_per_worker", threads_per_worker)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
+    if num_workers is not None and (not isinstance(num_workers, int) or num_workers < 1):
+        raise InvalidInputError(f"num_workers must be a positive integer, got {num_workers!r}")
+    if gpus_per_worker < 0:
+        raise InvalidInputError(f"gpus_per_worker must be >= 0, got {gpus_per_worker!r}")
+    ray = _ray()
+    if ray_address is not None:  # before any model is loaded or collection created
+        _check_reachable(ray_address)
+    chunking = chunking or Chunking()
+    files: list[Path] | None = None
+    if not isinstance(dataset_or_paths, ray.data.Dataset):
+        paths = [dataset_or_paths] if isinstance(dataset_or_paths, (str, os.PathLike)) else list(dataset_or_paths)
+        files = walk([Path(p) for p in paths])
+
+    enc: Encoder | None = None
+    from .store import list_collections
+
+    if isinstance(encoder, str) or (encoder is None and collection not in list_collections(store)):
+        from .encoders import load_encoder
+
+        enc = load_encoder(encoder or "minilm", backend="onnx", device="cpu", threads=threads_per_worker)
+    elif encoder is not None:
+        enc = encoder
+    with open_collection(collection, store=store, encoder=enc, metric=metric, precision=precision, dims=dims) as c:
+        settings = c.settings
+        known = {src: h for src, h in c.distinct("source", "doc_hash") if src is not None}
+
+    report = IndexReport()
+    if files is not None and not files:
+        return report
+    started = _start_ray(ray, ray_address, None)
+    try:
+        if files is not None:
+            blocks = max(1, min(len(files), 4 * (num_workers or 4)))
+            ds = ray.data.from_items([{"path": str(f)} for f in files], override_num_blocks=blocks)
+        else:
+            ds = dataset_or_paths
+            columns = ds.columns()
+            if "path" not in columns:
+                raise InvalidInputError(f"the dataset needs a 'path' column (columns: {', '.join(columns)}); "
+                                        "read it with ray.data.read_binary_files(..., include_paths=True)")
+            ds = ds.select_columns(["path", "bytes"] if "bytes" in columns else ["path"])
+        workers = num_workers or max(1, int(ray.cluster_resources().get("CPU", 1)) // threads_per_worker)
+        encoded = ds.map_batches(
+            _EncodeFiles, batch_size=batch_size, batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            num_cpus=threads_per_worker, num_gpus=gpus_per_worker or None,
+            fn_constructor_kwargs={"settings": settings, "known": known, "chunking": chunking,
+                                   "text_field": text_field, "id_field": id_field, "threads": threads_per_worker,
+                                   "crash": _crash})
+        written = encoded.map_batches(
+            _WriteFiles, batch_size=batch_size, batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0,
+            fn_constructor_kwargs={"store": store, "name": collection, "crash": _crash})
+        context = ray.data.DataContext.get_current()
+        bars = context.enable_progress_bars
+        context.enable_progress_bars = False  # ours counts files; Ray Data's (and its log lines) count blocks
+        # Files reach the writer in their order, as in local ingestion: of two files that claim one id, the
+        # first is indexed and the second refused, whichever actor encoded them.
+        ordered = context.execution_options.preserve_order
+        context.execution_options.preserve_order = True
+        quiet = logging.getLogger("ray.data")
+        level = quiet.level
+        quiet.setLevel(logging.WARNING)
+        try:
+            bar = tqdm(total=len(files) if files is not None else None, disable=not show_progress,
+                       desc=f"indexing into {collection} on Ray", unit="file")
+            for row in written.iter_rows():
+                bar.update(1)
+                if row["status"] == "unchanged":
+                    report.files_unchanged += 1
+                elif row["status"] == "skipped":
+                    report.files_skipped.append((str(row["source"]), str(row["reason"])))
+                else:
+                    report.files_indexed += 1
+                    report.documents += int(row["documents"])
+                    report.chunks += int(row["chunks"])
+            bar.close()
+        except Exception as exc:
+            ours = _cause(exc)
+            if ours is not None:
+                raise ours from None
+            raise
+        finally:
+            context.enable_progress_bars = bars
+            context.execution_options.preserve_order = ordered
+            quiet.setLevel(level)
+    finally:
+        if started:
+            ray.shutdown()
+    report.files_skipped.sort()
+    return report
+
+
+__all__ = ["Chunking", "index_dataset"]
