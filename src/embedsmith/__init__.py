@@ -32,8 +32,8 @@ __version__ = "0.1.0"
 __all__ = [
     "MODELS",
     "Chunk",
-    "Collection",
     "ClusterUnreachableError",
+    "Collection",
     "CollectionBusyError",
     "CollectionExistsError",
     "CollectionNotFoundError",
