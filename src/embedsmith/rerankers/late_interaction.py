@@ -39,8 +39,6 @@ SOURCES = ("stored", "on-the-fly")
 PRECISIONS = ("float32", "float16", "int8", "binary")
 #: Tokens a PCA is fitted on: at most this many, drawn evenly from the first documents written.
 PCA_SAMPLE = 50_000
-#: Fewer tokens than this in the first write and the bundled sample tops them up before fitting.
-PCA_MIN_TOKENS = 4_000
 
 
 def maxsim(query: np.ndarray, docs: Sequence[np.ndarray]) -> np.ndarray:
@@ -116,10 +114,6 @@ class TokenCodec:
         if self.components is not None and self.mean is not None:
             t = (t - self.mean) @ self.components.T
         return l2_normalize(t)
-
-    @property
-    def width(self) -> int | None:
-        return self.dims
 
     def encode(self, tokens: np.ndarray) -> bytes:
         """``tokens`` [n, dim] (unit rows) as stored bytes."""

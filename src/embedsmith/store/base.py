@@ -450,22 +450,18 @@ class Collection(abc.ABC):
 
         Readers see either the old records or the new ones, never a mix; a crash leaves the old ones.
         """
-        flt = self._compile_where(where)
-        if not records:
-            self._delete(None, flt)
-            return []
-        t, i, m, e = self._split_records(records, None, None)
-        t = check_texts(t)
-        id_list = check_ids(i, len(t))
-        meta = check_metadata(m, len(t))
-        self._insert(id_list, t, meta, self._embed(t, e, batch_size, show_progress), replace=True,
-                     delete_where=flt, index_texts=e)
-        return id_list
+        return self._replace(where, records, lambda t, e: self._embed(t, e, batch_size, show_progress))
 
     @translated
     def replace_vectors(self, where: Where, records: Sequence[Mapping[str, Any]], vectors: np.ndarray) -> list[str]:
         """:meth:`replace` with pre-computed vectors [n, dim] (one per record, e.g. encoded on other machines):
         the records matching ``where`` are deleted and ``records`` added in one transaction."""
+        return self._replace(where, records, lambda t, e: self._check_vectors(vectors, len(t)))
+
+    def _replace(self, where: Where, records: Sequence[Mapping[str, Any]],
+                 vectors_for: Callable[[list[str], list[str] | None], np.ndarray]) -> list[str]:
+        """The records matching ``where`` deleted and ``records`` (checked first) added with
+        ``vectors_for(texts, index_texts)``, in one transaction."""
         flt = self._compile_where(where)
         if not records:
             self._delete(None, flt)
@@ -474,8 +470,7 @@ class Collection(abc.ABC):
         t = check_texts(t)
         id_list = check_ids(i, len(t))
         meta = check_metadata(m, len(t))
-        self._insert(id_list, t, meta, self._check_vectors(vectors, len(t)), replace=True, delete_where=flt,
-                     index_texts=e)
+        self._insert(id_list, t, meta, vectors_for(t, e), replace=True, delete_where=flt, index_texts=e)
         return id_list
 
     @translated
