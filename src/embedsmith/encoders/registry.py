@@ -155,7 +155,9 @@ def load_encoder(
     Args:
         name: an alias (``minilm``, ``mpnet``, ``e5-small-multilingual``, ``use-multilingual``), a folder,
             ``static:FOLDER`` for a static (model2vec) model (a model2vec folder is also recognised by path,
-            from its config.json), or ``openai:MODEL@BASE_URL`` for any OpenAI-compatible embeddings server
+            from its config.json; a multi-vector (ColBERT) folder in sentence-transformers'
+            ``MultiVectorEncoder`` or PyLate's format, from config_sentence_transformers.json, gives token
+            vectors for late interaction), or ``openai:MODEL@BASE_URL`` for any OpenAI-compatible embeddings server
             (key from $OPENAI_API_KEY).
         backend: 'auto' (the fastest lossless path: ONNX fp32 on CPU, torch on CUDA), 'torch', 'torch-fp16'
             (CUDA only, float16 weights: the GPU's fast path), 'onnx' (exact fp32), or 'onnx-int8' (per-channel
@@ -207,6 +209,13 @@ def load_encoder(
             )
         if is_static_folder(path):
             return _static(path, key, backend)
+        from .multi_vector import is_multi_vector_folder, load_multi_vector
+
+        if is_multi_vector_folder(path):
+            mv = load_multi_vector(path, name=key, backend=backend, device=resolve_device(device), threads=threads,
+                                   prompts=prompts)
+            mv.english_only = _english_only(path.name)
+            return mv
         folder = ModelFolder.open(path)
         display = str(path)
     dev = resolve_device(device)
