@@ -107,3 +107,64 @@ def test_a_multi_vector_folder_refuses_the_onnx_backend(tiny_colbert) -> None:
     folder, _ = tiny_colbert
     with pytest.raises(InvalidInputError, match="multi-vector model, run by torch"):
         load_encoder(folder, backend="onnx", device="cpu")
+
+
+# -- fine-tuning -------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small_task():  # type: ignore[no-untyped-def]
+    """5 judged Cranfield queries over their judged documents and 10 others, cut short (a cheap evaluation)."""
+    from embedsmith.evaluation import RetrievalTask
+
+    full = RetrievalTask.from_beir(CRAN, split="dev")
+    qids = list(full.qrels)[:5]
+    keep = {d for q in qids for d in full.qrels[q]} | set(list(full.corpus)[:10])
+    return RetrievalTask("cran-small", {d: full.corpus[d][:400] for d in full.corpus if d in keep},
+                         {q: full.queries[q] for q in qids}, {q: full.qrels[q] for q in qids}, "dev")
+
+
+def test_late_interaction_finetune_starts_from_minilms_maxsim_and_saves_a_loadable_folder(
+        small_task, minilm_onnx, tmp_path) -> None:
+    from embedsmith.training import TrainingData, finetune_late_interaction, load_training_data
+    from embedsmith.training.late_interaction import maxsim_run
+
+    titled = load_training_data(CRAN / "corpus.jsonl")
+    data = TrainingData(titled.anchors[:16], titled.positives[:16], titled.negatives[:16], source="cranfield titles")
+    out = tmp_path / "colbert"
+    rep = finetune_late_interaction("minilm", data, out, max_steps=2, batch_size=8, max_seq_length=48,
+                                    eval_task=small_task, candidates=10, first_stage=minilm_onnx,
+                                    device="cpu")
+    assert rep.steps == 2 and rep.examples == 16 and rep.hyperparameters["token_dim"] == 384
+    # the dense top 10 as it came, then reordered by MaxSim: untrained, that is MiniLM's own token vectors
+    first = {q: ids[:10] for q, ids in small_task.rank(*small_task.encode(
+        lambda texts, kind: minilm_onnx.encode(list(texts), kind=kind)), k=10).items()}
+    assert rep.first_stage["ndcg_at_10"] == pytest.approx(small_task.score_run(first)["ndcg_at_10"], abs=1e-4)
+    own = small_task.score_run(maxsim_run(small_task, first, minilm_onnx))
+    assert rep.before["ndcg_at_10"] == pytest.approx(own["ndcg_at_10"], abs=1e-4)
+    assert 0 <= rep.after["ndcg_at_10"] <= 1
+    for c in rep.comparisons.values():
+        assert c["n"] == 5 and c["ci_low"] <= c["diff"] <= c["ci_high"]
+    assert rep.comparisons["after vs before"]["diff"] == pytest.approx(
+        rep.after["ndcg_at_10"] - rep.before["ndcg_at_10"], abs=1e-9)
+    # the folder is sentence-transformers' own format (the first test compares the two), loaded by path
+    enc = load_encoder(out, device="cpu")
+    assert type(enc).__name__ == "MultiVectorTorchEncoder" and enc.dim == 384
+    assert json.loads((out / "config_sentence_transformers.json").read_text())["model_type"] == "MultiVectorEncoder"
+    untrained = minilm_onnx.token_vectors([QUERY], kind="query")[0]
+    assert not np.allclose(enc.token_vectors([QUERY], kind="query")[0], untrained, atol=1e-3)  # it trained
+    card = (out / "README.md").read_text()
+    assert "Late-interaction model fine-tuned with embedsmith" in card and "after vs before" in card
+    with pytest.raises(InvalidInputError, match="token_dim must be from 8"):
+        finetune_late_interaction("minilm", data, tmp_path / "x", token_dim=4, max_steps=1, device="cpu")
+
+
+def test_finetune_late_interaction_cli(tmp_path) -> None:
+    from test_cli import run
+
+    res = json.loads(run("finetune", "--late-interaction", "--train", str(CRAN / "corpus.jsonl"), "--output",
+                         str(tmp_path / "li"), "--max-steps", "1", "--batch-size", "4", "--max-seq-length", "32",
+                         "--token-dim", "64", "--device", "cpu", "--json").stdout)
+    assert res["steps"] == 1 and res["hyperparameters"]["token_dim"] == 64 and "MaxSim" in res["loss"]
+    assert load_encoder(tmp_path / "li", device="cpu").dim == 64
+    bad = run("finetune", "--late-interaction", "--train", str(CRAN / "corpus.jsonl"), "--output",
+              str(tmp_path / "x"), "--loss", "triplet", check=False)
+    assert bad.returncode == 1 and "multi-vector MNRL" in bad.stderr and "Traceback" not in bad.stderr

@@ -89,10 +89,19 @@ def finetune(
     eval_data: Annotated[Path | None, typer.Option("--eval", help="BEIR folder or STS file, scored before/after")]
     = None,
     eval_split: Annotated[str, typer.Option(help="qrels split of a BEIR --eval folder")] = "dev",
+    late_interaction: Annotated[bool, typer.Option("--late-interaction", help="train a multi-vector (ColBERT) "
+                                                   "model scored by MaxSim; --eval reorders the first stage's "
+                                                   "top --candidates with it")] = False,
+    token_dim: Annotated[int | None, typer.Option(help="--late-interaction: token vector width (default: the "
+                                                       "model's, starting as its own token vectors)")] = None,
+    first_stage: Annotated[str | None, typer.Option(help="--late-interaction: bi-encoder retrieving the "
+                                                         "candidates at evaluation (default: --model)")] = None,
+    candidates: Annotated[int, typer.Option(help="--late-interaction: candidates reordered at evaluation")] = 100,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
-    """Fine-tune a bi-encoder (sentence-transformers trainer), with mined hard negatives and evaluation."""
+    """Fine-tune a bi-encoder (sentence-transformers trainer), with mined hard negatives and evaluation;
+    with --late-interaction, a multi-vector model (load it by path; rerank with --rerank maxsim:PATH)."""
     from ..encoders import DEFAULT_MODEL
     from ..errors import InvalidInputError
     from ..training import finetune as run
@@ -104,11 +113,40 @@ def finetune(
         except ValueError:
             raise InvalidInputError(f"--matryoshka takes comma-separated integers, got {matryoshka!r}") from None
     data, corpus = _gather(train, split, inverse_cloze, synthetic_queries)
+    if late_interaction:
+        _finetune_late_interaction(model or DEFAULT_MODEL, data, output, loss=loss, dims=dims, token_dim=token_dim,
+                                   hard_negatives=hard_negatives, negatives_per_query=negatives_per_query,
+                                   skip_top=skip_top, corpus=corpus, epochs=epochs, batch_size=batch_size, lr=lr,
+                                   seed=seed, max_steps=max_steps, max_seq_length=max_seq_length,
+                                   eval_data=eval_data, eval_split=eval_split, first_stage=first_stage,
+                                   candidates=candidates, device=device, as_json=as_json)
+        return
     report = run(model or DEFAULT_MODEL, data, output, loss=loss, matryoshka=dims, hard_negatives=hard_negatives,
                  negatives_per_query=negatives_per_query, skip_top=skip_top, corpus=corpus, epochs=epochs,
                  batch_size=batch_size, lr=lr, seed=seed, max_steps=max_steps, max_seq_length=max_seq_length,
                  eval_task=_eval_task(eval_data, eval_split), device=device, show_progress=not as_json)
     _print(report, as_json)
+
+
+def _finetune_late_interaction(model: str, data: Any, output: Path, *, loss: str, dims: list[int] | None,
+                               eval_data: Path | None, eval_split: str, as_json: bool, **kwargs: Any) -> None:
+    from ..errors import InvalidInputError
+    from ..training import finetune_late_interaction
+
+    if loss != "mnrl" or dims:
+        raise InvalidInputError("--late-interaction trains with multi-vector MNRL (MaxSim): leave --loss and "
+                                f"--matryoshka unset, got --loss {loss} --matryoshka {dims}")
+    if eval_data is not None and not eval_data.is_dir():
+        raise InvalidInputError(f"--eval with --late-interaction takes a BEIR folder, got {str(eval_data)!r}")
+    report = finetune_late_interaction(model, data, output, eval_task=_eval_task(eval_data, eval_split),
+                                       show_progress=not as_json, **kwargs)
+    _print(report, as_json)
+    if not as_json:
+        for k, v in report.first_stage.items():
+            typer.echo(f"  first stage {k}: {v:.4f}")
+        for name, c in report.comparisons.items():
+            typer.echo(f"  {name}: nDCG@10 {c['diff']:+.4f}, 95% interval [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] "
+                       f"({c['verdict']})")
 
 
 def finetune_reranker(
