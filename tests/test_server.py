@@ -19,6 +19,7 @@ import pytest
 
 from conftest import SEED, serving
 from embedsmith import IndexRebuildWarning, InvalidInputError, open_collection
+from embedsmith.encoders.base import BaseEncoder
 from embedsmith.rerankers import Reranker
 from embedsmith.server import ServerSettings, create_app
 from embedsmith.server.batching import EmbeddingBatcher
@@ -258,6 +259,60 @@ def test_rerank_sorted_and_equal_to_the_library(url, reranker):
     assert_openai_error(httpx.post(url + "/v1/rerank", json={"query": query, "documents": []}), 400, param="documents")
     assert_openai_error(httpx.post(url + "/v1/rerank", json={"query": " ", "documents": docs}), 400, param="query")
     assert_openai_error(httpx.post(url + "/v1/rerank", json={"query": query, "documents": docs, "model": "bge"}), 404)
+
+
+class _NoTokenVectors(BaseEncoder):
+    """A served encoder without token states (as static and remote models are)."""
+
+    name, dim, max_tokens, fingerprint, backend = "plain", 4, 64, "plain:test", "test"
+
+    def __init__(self) -> None:
+        self.prompts = {}
+
+    def _token_lengths(self, texts, kind):  # type: ignore[no-untyped-def]
+        return [len(t.split()) for t in texts]
+
+    def _embed(self, texts, kind, batch_size, show_progress):  # type: ignore[no-untyped-def]
+        return np.ones((len(texts), self.dim), np.float32)
+
+
+def test_rerank_with_maxsim_over_a_served_encoder(settings, minilm_onnx):
+    from fastapi.testclient import TestClient
+
+    from embedsmith.rerankers import LateInteraction
+
+    query = "heat conduction in composite slabs"
+    docs = [d["text"] for d in DOCS]
+    # no cross-encoder is loaded: maxsim needs none
+    app = create_app(settings, encoders={"minilm": minilm_onnx, "plain": _NoTokenVectors()})
+    with TestClient(app, base_url="http://127.0.0.1") as api:  # the Host check answers local hosts only
+        res = api.post("/v1/rerank", json={"query": query, "documents": docs, "model": "maxsim:minilm", "top_n": 3,
+                                           "return_documents": True})
+        assert res.status_code == 200, res.text
+        body = res.json()
+        expected = LateInteraction(minilm_onnx).rerank(query, docs, top_n=3)
+        assert body["model"] == "maxsim:minilm" and [r["index"] for r in body["results"]] == [i for i, _, _ in expected]
+        np.testing.assert_allclose([r["relevance_score"] for r in body["results"]], [s for _, s, _ in expected],
+                                   atol=1e-5)
+        assert all(r["relevance_logit"] == r["relevance_score"] for r in body["results"])
+        assert all(r["document"]["text"] == docs[r["index"]] for r in body["results"])
+        # "maxsim" is the default (first) encoder; the model's own name works as a served name does
+        plain = api.post("/v1/rerank", json={"query": query, "documents": docs, "model": "maxsim"}).json()
+        assert plain["model"] == "maxsim:minilm" and len(plain["results"]) == 5
+        assert [r["index"] for r in plain["results"]][:3] == [i for i, _, _ in expected]
+        own = api.post("/v1/rerank", json={"query": query, "documents": docs, "model": f"maxsim:{minilm_onnx.name}"})
+        assert own.status_code == 200 and own.json()["model"] == "maxsim:minilm"
+        for unknown in ("maxsim:bge", "maxsim:", "maxsim:/tmp/some/folder"):
+            err = assert_openai_error(api.post("/v1/rerank", json={"query": query, "documents": docs,
+                                                                   "model": unknown}), 404, param="model")
+            assert err["code"] == "model_not_found"
+        err = assert_openai_error(api.post("/v1/rerank", json={"query": query, "documents": docs,
+                                                               "model": "maxsim:plain"}), 400, param="model")
+        assert err["code"] == "no_token_vectors" and "token vectors" in err["message"]
+        assert_openai_error(api.post("/v1/rerank", json={"query": query, "documents": [], "model": "maxsim"}), 400,
+                            param="documents")
+        # the cross-encoder path still says none is loaded
+        assert_openai_error(api.post("/v1/rerank", json={"query": query, "documents": docs}), 404, param="model")
 
 
 # -- collections -------------------------------------------------------------------------------------------------

@@ -100,14 +100,16 @@ class RerankRequest(BaseModel):
 
     query: str
     documents: list[str | RerankDocument] = Field(description="texts, or objects with a 'text'")
-    model: str | None = None
+    model: str | None = Field(None, description="the served cross-encoder (default), or maxsim / maxsim:ENCODER: "
+                                                "late interaction over a served encoder's token vectors")
     top_n: int | None = Field(None, ge=1, description="return the best N (default: all)")
     return_documents: bool = False
 
 
 class RerankResult(BaseModel):
     index: int
-    relevance_score: float = Field(description="sigmoid of the cross-encoder's logit, 0..1")
+    relevance_score: float = Field(description="sigmoid of the cross-encoder's logit, 0..1; for a maxsim model, "
+                                               "the MaxSim score, -1..1")
     relevance_logit: float
     document: RerankDocument | None = None
 

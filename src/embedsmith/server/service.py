@@ -1,4 +1,5 @@
-"""The state behind the routes: served models and their batchers, the reranker, limits, open collections."""
+"""The state behind the routes: served models and their batchers, the reranker (and MaxSim scorers over the served
+encoders), limits, open collections."""
 
 from __future__ import annotations
 
@@ -36,6 +37,8 @@ class Service:
         self.metrics.add_collector(self._batcher_lines)
         self._collections: dict[str, Any] = {}
         self._collections_lock = threading.Lock()
+        self._late: dict[str, Any] = {}
+        self._late_lock = threading.Lock()
 
     # -- models -----------------------------------------------------------------------------------
     def model_name(self, requested: str | None) -> str:
@@ -49,6 +52,26 @@ class Service:
                 return name
         raise APIError(404, f"model {requested!r} is not served here; served: {', '.join(self.encoders)}",
                        param="model", code="model_not_found")
+
+    def late_interaction(self, requested: str) -> tuple[Any, str]:
+        """The MaxSim scorer for ``maxsim`` (the default served encoder) or ``maxsim:NAME`` (a served encoder,
+        by served or model name), and the name it answers under. Only served encoders: a request never loads
+        a model, so any other name is a 404 ``model_not_found``."""
+        from ..rerankers import LateInteraction
+
+        wanted = requested.split(":", 1)[1] if ":" in requested else ""
+        if ":" in requested and not wanted.strip():
+            raise APIError(404, f"model {requested!r} names no encoder; use maxsim or maxsim:ENCODER with a served "
+                           f"encoder ({', '.join(self.encoders)})", param="model", code="model_not_found")
+        try:
+            name = self.model_name(wanted or None)
+        except APIError as exc:
+            raise APIError(404, f"{requested!r}: {exc.message}", param="model", code="model_not_found") from None
+        with self._late_lock:  # one scorer per encoder, made once
+            scorer = self._late.get(name)
+            if scorer is None:
+                scorer = self._late[name] = LateInteraction(self.encoders[name], source="on-the-fly")
+        return scorer, f"maxsim:{name}"
 
     def check_texts(self, texts: list[str], param: str) -> None:
         """Count, length, encodable UTF-8 and non-blank, each failure naming ``param[i]``."""
