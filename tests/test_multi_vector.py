@@ -103,6 +103,38 @@ def test_search_reranks_with_a_multi_vector_model_by_path(tiny_colbert, docs, mi
         kind="stable")[:3]]
 
 
+def test_a_pylate_folder_loads_with_its_prefixes_expansion_and_skiplist(tiny_colbert, tmp_path) -> None:
+    """PyLate (<= 1.3) saved [Transformer, Dense] and its ColBERT settings at the top level; sentence-transformers
+    reads them back (prefix tokens, query expansion to 32, punctuation skipped in documents)."""
+    import shutil
+
+    from sentence_transformers import MultiVectorEncoder
+
+    folder, _ = tiny_colbert
+    pyl = tmp_path / "pylate"
+    shutil.copytree(folder, pyl, ignore=shutil.ignore_patterns("2_*", "3_*"))
+    (pyl / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Dense", "type": "pylate.models.Dense.Dense"}]))
+    (pyl / "1_Dense" / "config.json").write_text(json.dumps({
+        "in_features": 32, "out_features": 128, "bias": False,
+        "activation_function": "torch.nn.modules.linear.Identity"}))
+    (pyl / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 127, "do_lower_case": False}))
+    (pyl / "config_sentence_transformers.json").write_text(json.dumps({
+        "model_type": "ColBERT", "query_prefix": "[unused0]", "document_prefix": "[unused1]", "query_length": 32,
+        "document_length": 180, "attend_to_expansion_tokens": False, "skiplist_words": [".", ","],
+        "similarity_fn_name": "MaxSim", "prompts": {}}))
+    enc = load_encoder(pyl, device="cpu")
+    assert enc.prompts == {"query": "[unused0]", "document": "[unused1]"} and enc.dim == 128
+    theirs = MultiVectorEncoder(str(pyl), device="cpu", local_files_only=True)
+    q = enc.token_vectors(["what is a wing ."], kind="query")[0]
+    d = enc.token_vectors(["the wing , of a plane ."], kind="document")[0]
+    assert q.shape == (32, 128)  # [CLS] [unused0] 5 tokens [SEP], expanded with [MASK] to 32
+    assert enc.count_tokens(["the wing , of a plane ."], kind="document") == [10] and len(d) == 8  # , and . skipped
+    assert np.allclose(q, theirs.encode_query(["what is a wing ."], convert_to_numpy=True)[0], atol=1e-5)
+    assert np.allclose(d, theirs.encode_document(["the wing , of a plane ."], convert_to_numpy=True)[0], atol=1e-5)
+
+
 def test_a_multi_vector_folder_refuses_the_onnx_backend(tiny_colbert) -> None:
     folder, _ = tiny_colbert
     with pytest.raises(InvalidInputError, match="multi-vector model, run by torch"):
