@@ -103,8 +103,6 @@ def _start_model(folder: Path, token_dim: int | None, device: str) -> Any:
     model = MultiVectorEncoder(str(folder), device=device, local_files_only=True)
     slot = next(name for name, module in model._modules.items() if isinstance(module, Dense))
     hidden = int(model[0].get_embedding_dimension())  # type: ignore[operator]
-    if token_dim is not None and not 8 <= token_dim <= hidden:
-        raise InvalidInputError(f"token_dim must be from 8 to the model's width {hidden}, got {token_dim}")
     dense = Dense(in_features=hidden, out_features=token_dim or hidden, bias=False,
                   activation_function=torch.nn.Identity(), module_input_name="token_embeddings")
     if token_dim is None:
@@ -229,6 +227,12 @@ def finetune_late_interaction(
         raise InvalidInputError(f"scale must be positive, got {scale!r}")
     folder = model_folder(model)
     multi = is_multi_vector_folder(folder)
+    if token_dim is not None and not multi:  # checked before any model loads
+        from ..encoders.folder import ModelFolder
+
+        width = ModelFolder.open(folder).dim
+        if isinstance(token_dim, bool) or not 8 <= token_dim <= width:
+            raise InvalidInputError(f"token_dim must be from 8 to the model's width {width}, got {token_dim!r}")
     out = Path(output)
     dev = resolve_device(device)
     retriever: Any = None
