@@ -63,11 +63,17 @@ class IndexReport:
     files_pruned: int = 0
     #: chunks whose vectors came from the vector cache (unchanged chunks of changed files, re-indexing)
     chunks_cached: int = 0
+    #: documents of a Ray dataset of rows whose stored hash was unchanged (not encoded again)
+    documents_unchanged: int = 0
 
     def summary(self) -> str:
         cached = f", {self.chunks_cached} from the vector cache" if self.chunks_cached else ""
-        parts = [f"{self.files_indexed} file(s) indexed ({self.documents} documents, {self.chunks} chunks{cached})",
-                 f"{self.files_unchanged} unchanged"]
+        if self.files_indexed or self.files_unchanged or not (self.documents or self.documents_unchanged):
+            parts = [f"{self.files_indexed} file(s) indexed ({self.documents} documents, {self.chunks} chunks"
+                     f"{cached})", f"{self.files_unchanged} unchanged"]
+        else:  # a dataset of document rows
+            parts = [f"{self.documents} document(s) indexed ({self.chunks} chunks{cached})",
+                     f"{self.documents_unchanged} unchanged"]
         if self.files_pruned:
             parts.append(f"{self.files_pruned} removed file(s) pruned")
         parts.append(f"{len(self.files_skipped)} skipped")
