@@ -138,6 +138,23 @@ def test_a_dataset_of_rows_is_upserted_by_id_and_unchanged_rows_are_not_encoded(
             index_dataset(ray_runtime.data.from_items([{"text": "no id"}]), store=store, collection="rows")
 
 
+def test_prune_removes_the_chunks_of_files_that_are_gone(ray_runtime, corpus, pg_server, minilm_onnx, tmp_path):
+    import shutil
+
+    from embedsmith.ingest_ray import index_dataset
+
+    for name in ("shard0.jsonl", "notes.md"):
+        shutil.copy(corpus / name, tmp_path / name)
+    with pg_schema(pg_server) as store:
+        first = index_dataset([tmp_path], store=store, collection="p", encoder=minilm_onnx, num_workers=1)
+        assert first.files_indexed == 2
+        (tmp_path / "notes.md").unlink()
+        again = index_dataset([tmp_path], store=store, collection="p", num_workers=1, prune=True)
+        assert (again.files_unchanged, again.files_pruned) == (1, 1)
+        with open_collection("p", store=store, create=False) as c:
+            assert {src for (src,) in c.distinct("source")} == {str(tmp_path / "shard0.jsonl")}
+
+
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "embedsmith.cli", *args], capture_output=True, text=True,
                           env=env or dict(os.environ), timeout=120)

@@ -45,6 +45,7 @@ from .ingest import (
     _id_clash,
     chunk_records,
     file_records,
+    prune_gone,
     read_documents,
     walk,
 )
@@ -378,6 +379,7 @@ def index_dataset(
     precision: str | None = None,
     dims: int | None = None,
     dataset_source: str = "ray.data",
+    prune: bool = False,
     show_progress: bool = False,
     _crash: Crash = (),
 ) -> IndexReport:
@@ -399,6 +401,7 @@ def index_dataset(
         ray_address: a cluster (``host:port``, ``ray://host:port``, ``auto``); None: this process's Ray runtime,
             or a new local one.
         dataset_source: the ``source`` metadata of documents from a dataset of rows.
+        prune: paths only: afterwards, delete the chunks of files under the paths that no longer exist.
 
     Returns:
         An :class:`~embedsmith.ingest.IndexReport` (files indexed/unchanged/skipped with reasons, documents,
@@ -431,6 +434,9 @@ def index_dataset(
     if not isinstance(dataset_or_paths, ray.data.Dataset):
         paths = [dataset_or_paths] if isinstance(dataset_or_paths, (str, os.PathLike)) else list(dataset_or_paths)
         files = walk([Path(p) for p in paths])
+    elif prune:
+        raise InvalidInputError("prune=True needs paths (it removes the chunks of files gone from them), not a "
+                                "ray.data.Dataset")
 
     enc: Encoder | None = None
     from .store import list_collections
@@ -447,6 +453,9 @@ def index_dataset(
 
     report = IndexReport()
     if files is not None and not files:
+        if prune:
+            with open_collection(collection, store=store, create=False) as c:
+                report.files_pruned = prune_gone(c, paths, files, known)
         return report
     fields: dict[str, str | None] | None = None
     started = _start_ray(ray, ray_address, None)
@@ -522,6 +531,9 @@ def index_dataset(
     finally:
         if started:
             ray.shutdown()
+    if prune and files is not None:
+        with open_collection(collection, store=store, create=False) as c:
+            report.files_pruned = prune_gone(c, paths, files, known)
     report.files_skipped.sort()
     return report
 
