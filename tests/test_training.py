@@ -256,7 +256,7 @@ def test_synthetic_queries_against_a_local_fake_server():
 
 
 def test_scored_pair_losses_take_scored_pairs_only(tmp_path):
-    from embedsmith.training.fit import _dataset
+    from embedsmith.training.bi_encoder import build_dataset as _dataset
 
     sts = tmp_path / "sts.csv"
     sts.write_text("a cat sits,a cat rests,4.5\na cat sits,stocks fell,0.5\n")

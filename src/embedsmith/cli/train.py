@@ -186,9 +186,8 @@ def mine_negatives(
     import tempfile
 
     from ..encoders import DEFAULT_MODEL
-    from ..encoders.registry import resolve_device
     from ..errors import InvalidInputError
-    from ..training.fit import _miner, add_hard_negatives, model_folder
+    from ..training.negatives import add_hard_negatives, load_dense_miner
 
     if method not in ("bm25", "dense"):
         raise InvalidInputError(f"unknown mining method {method!r}; expected bm25 or dense")
@@ -200,8 +199,7 @@ def mine_negatives(
         raise InvalidInputError("scored pairs have no positives to mine negatives for")
     if not len(data):
         raise InvalidInputError("no training examples")
-    folder = model_folder(model or DEFAULT_MODEL) if method == "dense" else None
-    encoder = _miner(method, folder, resolve_device(device)) if folder is not None else None
+    encoder = load_dense_miner(model or DEFAULT_MODEL, device) if method == "dense" else None
     mined = add_hard_negatives(data, method=method, per_query=negatives_per_query, corpus=corpus, encoder=encoder,
                                skip_top=skip_top, margin=margin, seed=seed)
     output.parent.mkdir(parents=True, exist_ok=True)
