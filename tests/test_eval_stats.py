@@ -64,3 +64,59 @@ def test_compare_cli_same_encoder_and_refused_data(tmp_path):
     assert bad.returncode == 1 and "different data" in bad.stderr and "Traceback" not in bad.stderr
     with pytest.raises(ResultMismatchError):
         compare_results(r1, STSTask.from_file(other, name="sts").evaluate(Hashing()))
+
+
+class CountingHashing(Hashing):
+    """The hashing encoder with a fingerprint (so its results are cached), counting its encode calls."""
+
+    fingerprint = "hashing-v1"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def encode(self, texts):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        return super().encode(texts)
+
+
+def test_result_cache_hit_and_invalidation(tmp_path):
+    from embedsmith.evaluation.result_cache import ResultCache
+
+    sts = tmp_path / "sts.csv"
+    sts.write_text("\n".join((DATA / "stsb" / "stsb-en-dev.csv").read_text().splitlines()[:200]) + "\n")
+    cache = ResultCache(tmp_path / "results")
+    enc = CountingHashing()
+    first = STSTask.from_file(sts).evaluate(enc, result_cache=cache)
+    assert not first.cached and enc.calls == 1 and len(list((tmp_path / "results").glob("*.json"))) == 1
+    hit = STSTask.from_file(sts).evaluate(enc, result_cache=cache)  # same model, file content and settings
+    assert hit.cached and enc.calls == 1
+    assert hit.scores == first.scores and hit.items is not None and hit.items.ids == first.items.ids
+    # The stored per-item data compares as the computed one does.
+    assert [c.diff for c in compare_results(first, hit, resamples=200)] == [0.0, 0.0, 0.0]
+    # A setting that changes the result is another entry: dims, precision.
+    assert not STSTask.from_file(sts).evaluate(enc, dims=64, result_cache=cache).cached and enc.calls == 2
+    assert not STSTask.from_file(sts).evaluate(enc, precision="int8", result_cache=cache).cached
+    assert STSTask.from_file(sts).evaluate(enc, dims=64, result_cache=cache).cached and enc.calls == 3
+    # Another model (fingerprint) or prompt.
+    other = CountingHashing()
+    other.fingerprint = "hashing-v2"
+    assert not STSTask.from_file(sts).evaluate(other, result_cache=cache).cached
+    prompted = CountingHashing()
+    prompted.prompts = {"query": "query: "}  # type: ignore[attr-defined]
+    assert not STSTask.from_file(sts).evaluate(prompted, result_cache=cache).cached
+    # The file's content changed under the same name: computed again, and the new score differs.
+    lines = sts.read_text().splitlines()
+    sts.write_text("\n".join(lines[:-1]) + "\n")
+    changed = STSTask.from_file(sts).evaluate(enc, result_cache=cache)
+    assert not changed.cached and changed.n_examples == first.n_examples - 1
+    # No cache given (the CLI's --no-cache) computes; an encoder without a fingerprint is never stored.
+    calls = enc.calls
+    assert not STSTask.from_file(sts).evaluate(enc).cached and enc.calls == calls + 1
+    before = len(list((tmp_path / "results").glob("*.json")))
+    STSTask.from_file(sts).evaluate(Hashing(), result_cache=cache)
+    assert len(list((tmp_path / "results").glob("*.json"))) == before
+    # A torn entry is a miss, computed and stored again.
+    for f in (tmp_path / "results").glob("*.json"):
+        f.write_text("{")
+    assert not STSTask.from_file(sts).evaluate(enc, result_cache=cache).cached
+    assert STSTask.from_file(sts).evaluate(enc, result_cache=cache).cached

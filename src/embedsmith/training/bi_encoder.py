@@ -115,8 +115,8 @@ def compare_evaluations(before: Evaluation, after: Evaluation) -> dict[str, Comp
     out = {}
     for name, base in before.results.items():
         trained = after.results.get(name)
-        if trained is None or base.items is None or trained.items is None:  # a task without per-item data
-            continue
+        if trained is None or base.items is None or trained.items is None or len(base.items.ids) < 2:
+            continue  # a task without per-item data, or a single item: nothing to resample
         for c in compare_results(base, trained, metrics=["main_score"]):
             out[name] = replace(c, metric=name)
     return out

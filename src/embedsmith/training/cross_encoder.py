@@ -192,7 +192,8 @@ def rerank_comparison(task: Any, first: dict[str, list[str]], reranker: Path, de
         logits = ce.logits(task.queries[qid], [task.corpus[d] for d in ids])
         reranked[qid] = [ids[i] for i in np.argsort(-logits, kind="stable")]
     a, b = task.score_run(first), task.score_run(reranked)
-    rows = compare_items(task.items_of_run(first), task.items_of_run(reranked), metrics=RERANK_METRICS)
+    rows = compare_items(task.items_of_run(first), task.items_of_run(reranked), metrics=RERANK_METRICS) \
+        if len(first) > 1 else []  # one query: nothing to resample
     return RerankEvaluation({k: a[k] for k in RERANK_METRICS if k in a}, {k: b[k] for k in RERANK_METRICS if k in b},
                             {c.metric: c for c in rows})
 
