@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zlib
 
 import numpy as np
 import pytest
@@ -120,3 +121,48 @@ def test_result_cache_hit_and_invalidation(tmp_path):
         f.write_text("{")
     assert not STSTask.from_file(sts).evaluate(enc, result_cache=cache).cached
     assert STSTask.from_file(sts).evaluate(enc, result_cache=cache).cached
+
+
+def test_every_metric_with_item_data_reproduces_its_score_and_a_rerun_is_no_different():
+    from embedsmith.evaluation import EmbeddingCache
+    from test_eval_tasks import _all_tasks
+
+    cache = EmbeddingCache()
+    covered = {}
+    for name, task in _all_tasks().items():
+        first, again = task.evaluate(Hashing(), cache=cache), task.evaluate(Hashing(), cache=cache)
+        assert first.items is not None
+        covered[name] = set(first.items.metrics)
+        for metric, m in first.items.metrics.items():  # the statistic on all items is the reported score
+            value = STATISTICS[m.statistic](m.rows[None])[0]
+            assert value == pytest.approx(first.scores[metric], abs=1e-9), (name, metric)
+        rows = compare_results(first, again, resamples=300)  # two runs of the same model
+        assert {c.metric for c in rows} == covered[name]
+        assert all(c.diff == 0 and c.p_value == 1 and c.verdict == "no significant difference" for c in rows)
+    assert {"accuracy", "f1", "knn_accuracy", "knn_f1"} <= covered["classification"]
+    assert {"max_ap", "max_accuracy", "max_f1", "cosine_accuracy", "cosine_f1"} <= covered["pair-classification"]
+    assert {"f1", "reverse_f1", "accuracy"} <= covered["bitext"] and "v_measure" in covered["clustering"]
+
+
+class RandomEncoder:
+    """A vector per text drawn from a generator seeded by the text: no meaning at all."""
+
+    name = "random"
+
+    def encode(self, texts):  # type: ignore[no-untyped-def]
+        return np.stack([np.random.default_rng(zlib.crc32(t.encode())).normal(size=64) for t in texts]
+                        ).astype(np.float32)
+
+
+@pytest.mark.slow
+def test_compare_minilm_against_a_random_encoder_is_significant(minilm_onnx, tmp_path):
+    sts = tmp_path / "sts.csv"
+    sts.write_text("\n".join((DATA / "stsb" / "stsb-en-dev.csv").read_text().splitlines()[:200]) + "\n")
+    task = STSTask.from_file(sts)
+    task.evaluate(RandomEncoder()).save(tmp_path / "random.json")
+    task.evaluate(minilm_onnx).save(tmp_path / "minilm.json")
+    out = json.loads(run("eval", "compare", str(tmp_path / "random.json"), str(tmp_path / "minilm.json"), "--json",
+                         "--resamples", "2000").stdout)
+    assert set(out) == {"main_score", "spearman_cosine", "pearson_cosine"}
+    for metric, c in out.items():
+        assert c["verdict"] == "B better" and c["ci_low"] > 0 and c["p_value"] < 0.01, metric

@@ -54,17 +54,19 @@ def _eval_task(path: Path | None, split: str) -> Any:
 def _print(report: Any, as_json: bool) -> None:
     """The report: JSON (with ``significance`` per metric as ``eval compare --json`` gives it), or a line and,
     after an evaluation, the table of each score before and after with its significance."""
+    from ..training.report import STAGES
+
     if as_json:
         render.print_json(report.to_dict())
         return
     console = render.console()
     console.print(f"trained {report.base_model} -> {report.output}: {report.loss}, {report.examples} examples, "
                   f"{report.steps} steps in {report.seconds:.0f} s", highlight=False, markup=False)
-    first, second = report.stages
+    first, second = STAGES[report.kind]
     judged = [report.significance[k] for k in report.before if k in report.significance]
     if judged:
-        render.print_comparisons(f"{second} (B) against {first} (A) on the evaluation's items", judged,
-                                 a=first, b=second)
+        render.print_comparisons(f"{report.stages[1]} (B) against {report.stages[0]} (A), paired over the "
+                                 "evaluation's items", judged, a=first, b=second)
     for k, v in report.before.items():
         if k not in report.significance:
             console.print(f"  {k}: {v:.4f} -> {report.after.get(k, float('nan')):.4f}", highlight=False,

@@ -15,8 +15,9 @@ texts, in the same order) and returns a :class:`Comparison`:
   interval spans zero, ends included) "no significant difference".
 
 Mean metrics (nDCG@10 per query, accuracy per text) resample the per-item scores. Corpus-level metrics
-(Spearman, V-measure, average precision) resample rows of item data (e.g. ``[similarity, gold]`` per pair)
-and recompute the metric on each resample: :func:`compare_metric` with a statistic of :data:`STATISTICS`.
+(Spearman, V-measure, average precision, F1, a threshold's best accuracy) resample rows of item data (e.g.
+``[similarity, gold]`` per pair) and recompute the metric on each resample: :func:`compare_metric` with a
+statistic of :data:`STATISTICS`.
 """
 
 from __future__ import annotations
@@ -137,6 +138,71 @@ def batch_max_average_precision(rows: np.ndarray) -> np.ndarray:
     return np.max([_batch_ap(rows[..., j], rows[..., -1]) for j in range(rows.shape[-1] - 1)], axis=0)
 
 
+def _class_f1(gold: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per resample and class: F1 (2TP / (2TP + FP + FN), 0 when undefined), true support, and whether the
+    class occurs at all (in gold or predictions; scikit-learn's label set). Inputs [r, n] of class ids."""
+    gold, pred = gold.astype(np.int64), pred.astype(np.int64)
+    r = gold.shape[0]
+    c = int(max(gold.max(), pred.max())) + 1
+    base = np.arange(r)[:, None] * c
+    support = np.bincount((base + gold).ravel(), minlength=r * c).reshape(r, c).astype(np.float64)
+    predicted = np.bincount((base + pred).ravel(), minlength=r * c).reshape(r, c).astype(np.float64)
+    tp = np.bincount((base + gold).ravel(), weights=(gold == pred).ravel().astype(np.float64),
+                     minlength=r * c).reshape(r, c)
+    denom = support + predicted  # = 2TP + FP + FN
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.where(denom > 0, 2 * tp / np.where(denom > 0, denom, 1.0), 0.0)
+    return f1, support, denom > 0
+
+
+def batch_macro_f1(rows: np.ndarray) -> np.ndarray:
+    """Macro F1 (as scikit-learn's ``average="macro"``) of each prediction column (columns 1..) against the
+    gold class ids (column 0), averaged over the prediction columns (e.g. MTEB's experiments): [r, n, 1+e]."""
+    out = np.zeros(rows.shape[0])
+    for j in range(1, rows.shape[-1]):
+        f1, _, present = _class_f1(rows[..., 0], rows[..., j])
+        out += (f1 * present).sum(1) / np.maximum(present.sum(1), 1)
+    return out / max(rows.shape[-1] - 1, 1)
+
+
+def batch_weighted_f1(rows: np.ndarray) -> np.ndarray:
+    """Support-weighted F1 (scikit-learn's ``average="weighted"``) of predictions (column 1) against gold
+    class ids (column 0): [r, n, 2] -> [r]."""
+    f1, support, _ = _class_f1(rows[..., 0], rows[..., 1])
+    return (f1 * support).sum(1) / np.maximum(support.sum(1), 1)
+
+
+def _sweep(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """MTEB's threshold sweep (higher score = positive): the best accuracy and the best F1 over thresholds
+    between distinct scores, per resample: [r, n] each -> ([r], [r])."""
+    order = np.argsort(-scores, axis=1, kind="stable")
+    s = np.take_along_axis(scores, order, 1)
+    y = np.take_along_axis(labels, order, 1).astype(np.float64)
+    n = s.shape[1]
+    tp = np.cumsum(y, 1)[:, :-1]  # positives among the first i + 1, for splits after i = 0..n-2
+    seen = np.arange(1, n)[None, :]
+    split = s[:, :-1] != s[:, 1:]  # a threshold fits only between distinct scores
+    positives = y.sum(1, keepdims=True)
+    negatives = n - positives
+    accuracy = (tp + (negatives - (seen - tp))) / n
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision, recall = tp / seen, tp / np.where(positives > 0, positives, 1.0)
+        f1 = np.where(tp > 0, 2 * precision * recall / np.where(tp > 0, precision + recall, 1.0), 0.0)
+    return (np.where(split, accuracy, 0.0).max(1, initial=0.0), np.where(split & (tp > 0), f1, 0.0).max(1, initial=0.0))
+
+
+def batch_best_accuracy(rows: np.ndarray) -> np.ndarray:
+    """The best accuracy over thresholds (MTEB's sweep) and over score columns (all but the last, the 0/1
+    label; higher = positive): [r, n, m+1] -> [r]."""
+    return np.max([_sweep(rows[..., j], rows[..., -1])[0] for j in range(rows.shape[-1] - 1)], axis=0)
+
+
+def batch_best_f1(rows: np.ndarray) -> np.ndarray:
+    """The best F1 over thresholds (MTEB's sweep) and over score columns (all but the last, the 0/1 label):
+    [r, n, m+1] -> [r]."""
+    return np.max([_sweep(rows[..., j], rows[..., -1])[1] for j in range(rows.shape[-1] - 1)], axis=0)
+
+
 #: statistics by name, as result side files name them
 STATISTICS: dict[str, Statistic] = {
     "mean": batch_mean,
@@ -145,6 +211,10 @@ STATISTICS: dict[str, Statistic] = {
     "v_measure": batch_v_measure,
     "average_precision": batch_average_precision,
     "max_average_precision": batch_max_average_precision,
+    "macro_f1": batch_macro_f1,
+    "weighted_f1": batch_weighted_f1,
+    "best_accuracy": batch_best_accuracy,
+    "best_f1": batch_best_f1,
 }
 
 
