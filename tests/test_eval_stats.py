@@ -166,3 +166,27 @@ def test_compare_minilm_against_a_random_encoder_is_significant(minilm_onnx, tmp
     assert set(out) == {"main_score", "spearman_cosine", "pearson_cosine"}
     for metric, c in out.items():
         assert c["verdict"] == "B better" and c["ci_low"] > 0 and c["p_value"] < 0.01, metric
+
+
+def test_counted_resamples_equal_gathered_ones():
+    # Mean, Pearson and Spearman resample as item counts over a pool (no sort per resample); the same draws
+    # gathered and scored row by row give the same interval and p-value.
+    from scipy.stats import rankdata
+
+    from embedsmith.evaluation.stats import compare_metric, weighted_ranks
+
+    rng = np.random.default_rng(0)
+    values = np.round(rng.random(40) * 4)  # ties
+    w = rng.integers(0, 3, (5, 40)).astype(float)
+    for row, weights in zip(weighted_ranks(values, w), w, strict=True):
+        expanded = np.repeat(values, weights.astype(int))
+        ranks = rankdata(expanded)
+        assert np.allclose(row[weights > 0], [ranks[expanded == v][0] for v in values[weights > 0]])
+    a = np.column_stack([rng.random(300), np.round(rng.random(300) * 5)])
+    b = a.copy()
+    b[:, 0] += 0.3 * rng.normal(size=300)
+    for name, xa, xb in (("spearman", a, b), ("pearson", a, b), ("mean", a[:, 0], b[:, 0])):
+        fast = compare_metric(name, xa, xb, statistic=name, resamples=1000, seed=3)
+        slow = compare_metric(name, xa, xb, statistic=STATISTICS[name], resamples=1000, seed=3)
+        assert fast.ci_low == pytest.approx(slow.ci_low, abs=1e-12) and fast.p_value == slow.p_value, name
+        assert fast.ci_high == pytest.approx(slow.ci_high, abs=1e-12), name

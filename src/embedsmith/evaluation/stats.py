@@ -218,6 +218,64 @@ STATISTICS: dict[str, Statistic] = {
 }
 
 
+# ------------------------------------------------------------------------------------ weighted statistics
+# A resample as item counts over a fixed pool of item rows: a bootstrap draw counts each item 0..n times, a
+# permutation picks A's or B's row of each item from a pool of both. Rank statistics then rank the pool once
+# and give each tie group the average rank of its copies, with no sort per resample (Spearman on 1,500 pairs
+# took 20 s for 10,000 resamples when every resample was gathered and ranked).
+
+WeightedStatistic = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def _weighted_pearson(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Pearson of x and y ([m] or [r, m]) with item weights w [r, m] (a multiset); 0.0 when either is constant."""
+    total = w.sum(1, keepdims=True)
+    xc = x - (w * x).sum(1, keepdims=True) / total
+    yc = y - (w * y).sum(1, keepdims=True) / total
+    vx, vy = (w * xc * xc).sum(1), (w * yc * yc).sum(1)
+    # A constant side leaves a variance of rounding noise (~1e-32 of its square sum), not 0: treat it as
+    # constant (0.0, as spearman/pearson return); any real spread is far above 1e-24 of it.
+    ok = (vx > 1e-24 * (w * x * x).sum(1)) & (vy > 1e-24 * (w * y * y).sum(1)) & (vx > 0) & (vy > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(ok, (w * xc * yc).sum(1) / np.sqrt(np.where(ok, vx * vy, 1.0)), 0.0)
+
+
+def weighted_ranks(values: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Average 1-based ranks of the pool ``values`` [m] within each weighted multiset ``w`` [r, m]: a tie group
+    of total weight G after C smaller copies ranks C + (G + 1) / 2 (scipy's ``rankdata`` of the expanded
+    multiset). Items of weight 0 get a rank that their weight then ignores."""
+    order = np.argsort(values, kind="stable")
+    v = values[order]
+    starts = np.ones(len(v), bool)
+    starts[1:] = v[1:] != v[:-1]
+    group = np.cumsum(starts) - 1
+    sizes = np.add.reduceat(w[:, order], np.flatnonzero(starts), axis=1)
+    group_rank = np.cumsum(sizes, 1) - sizes + (sizes + 1) / 2
+    ranks = np.empty(w.shape)
+    ranks[:, order] = group_rank[:, group]
+    return ranks
+
+
+def weighted_mean(pool: np.ndarray, w: np.ndarray) -> np.ndarray:
+    return np.asarray((w @ pool) / w.sum(1))
+
+
+def weighted_pearson(pool: np.ndarray, w: np.ndarray) -> np.ndarray:
+    return _weighted_pearson(pool[:, 0][None], pool[:, 1][None], w)
+
+
+def weighted_spearman(pool: np.ndarray, w: np.ndarray) -> np.ndarray:
+    return _weighted_pearson(weighted_ranks(pool[:, 0], w), weighted_ranks(pool[:, 1], w), w)
+
+
+#: statistics that also take (pool rows [m, ...], item weights [r, m]); :func:`compare_metric` uses them
+WEIGHTED: dict[str, WeightedStatistic] = {
+    "mean": weighted_mean,
+    "pearson": weighted_pearson,
+    "spearman": weighted_spearman,
+}
+
+
 # --------------------------------------------------------------------------------------------- comparison
 
 VERDICTS = ("A better", "B better", "no significant difference")
@@ -288,19 +346,31 @@ def compare_metric(
     n = len(xa)
     value_a, value_b = float(stat(xa[None])[0]), float(stat(xb[None])[0])
     diff = value_b - value_a
+    weighted = WEIGHTED.get(statistic) if isinstance(statistic, str) else None
     rng = np.random.default_rng(seed)
     boot = np.empty(resamples)
     for lo in range(0, resamples, _BLOCK):
         idx = rng.integers(0, n, size=(min(_BLOCK, resamples - lo), n))
-        boot[lo : lo + len(idx)] = stat(xb[idx]) - stat(xa[idx])
+        if weighted is not None:  # the same draw as item counts
+            counts = np.bincount((np.arange(len(idx))[:, None] * n + idx).ravel(), minlength=len(idx) * n)
+            w = counts.reshape(len(idx), n).astype(np.float64)
+            boot[lo : lo + len(idx)] = weighted(xb, w) - weighted(xa, w)
+        else:
+            boot[lo : lo + len(idx)] = stat(xb[idx]) - stat(xa[idx])
     ci_low, ci_high = (float(v) for v in np.percentile(boot, [2.5, 97.5]))
     extreme = 0
     tol = 1e-12 * max(1.0, abs(diff))  # an identical difference must count despite rounding
+    pool = np.concatenate([xa, xb]) if weighted is not None else None
     for lo in range(0, resamples, _BLOCK):
         swap = rng.random((min(_BLOCK, resamples - lo), n)) < 0.5
-        mask = swap.reshape(swap.shape + (1,) * (xa.ndim - 1))
-        pa, pb = np.where(mask, xb[None], xa[None]), np.where(mask, xa[None], xb[None])
-        extreme += int((np.abs(stat(pb) - stat(pa)) >= abs(diff) - tol).sum())
+        if weighted is not None and pool is not None:  # A's or B's row of each item, from a pool of both
+            keep, flip = (~swap).astype(np.float64), swap.astype(np.float64)
+            perm = weighted(pool, np.concatenate([flip, keep], 1)) - weighted(pool, np.concatenate([keep, flip], 1))
+        else:
+            mask = swap.reshape(swap.shape + (1,) * (xa.ndim - 1))
+            pa, pb = np.where(mask, xb[None], xa[None]), np.where(mask, xa[None], xb[None])
+            perm = stat(pb) - stat(pa)
+        extreme += int((np.abs(perm) >= abs(diff) - tol).sum())
     p_value = (1 + extreme) / (resamples + 1)
     return Comparison(metric, value_a, value_b, diff, ci_low, ci_high, p_value, verdict(ci_low, ci_high), n,
                       resamples, seed)
