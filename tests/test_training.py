@@ -11,6 +11,7 @@ import pytest
 
 from conftest import DATA
 from embedsmith import EmbedsmithError, InvalidInputError
+from embedsmith.evaluation.stats import VERDICTS
 from embedsmith.training import (
     TrainingData,
     finetune,
@@ -149,11 +150,16 @@ def test_tiny_finetune_changes_weights_and_loads_everywhere(tmp_path):
     rep = finetune("minilm", data, out, max_steps=3, batch_size=8, hard_negatives="bm25", negatives_per_query=1,
                    matryoshka=[384, 128], corpus=titled.positives, eval_task=STSTask.from_file(sts), device="cpu")
     assert rep.steps == 3 and set(rep.before) == {"main_score", "main_score@128"} == set(rep.after)
+    assert rep.kind == "bi-encoder" and set(rep.significance) == set(rep.before)
+    for name, c in rep.significance.items():  # after (B) against before (A) over the STS pairs
+        assert c.a == pytest.approx(rep.before[name], abs=1e-9) and c.b == pytest.approx(rep.after[name], abs=1e-9)
+        assert c.ci_low <= c.ci_high and 0 < c.p_value <= 1
     before, after = _weights(_minilm_folder()), _weights(out)
     changed = [k for k in after if k in before and not np.allclose(before[k], after[k])]
     assert len(changed) > 10
     card = (out / "README.md").read_text()
     assert "Fine-tuned with embedsmith" in card and "mnrl + matryoshka [384, 128]" in card and "| main_score |" in card
+    assert "- kind: bi-encoder" in card and "95% interval" in card
     v1 = load_encoder(str(out), backend="onnx").encode(["wing flutter"])
     v2 = SentenceTransformer(str(out), device="cpu").encode(["wing flutter"], normalize_embeddings=True)
     assert float(v1[0] @ v2[0]) > 0.9999
@@ -199,7 +205,11 @@ def test_tiny_reranker_and_cli(tmp_path):
                                                                               device="cpu"))
     assert res["before"]["ndcg_at_10"] == pytest.approx(first.scores["ndcg_at_10"], abs=1e-4)
     assert 0.0 <= res["after"]["ndcg_at_10"] <= 1.0 and set(res["after"]) == {"ndcg_at_10", "mrr_at_10"}
-    assert res["hyperparameters"]["candidates"] == 10
+    assert res["hyperparameters"]["candidates"] == 10 and res["kind"] == "reranker"
+    assert set(res["significance"]) == {"ndcg_at_10", "mrr_at_10"}
+    for name, c in res["significance"].items():  # reranked (B) against the first stage (A), per query
+        assert c["diff"] == pytest.approx(res["after"][name] - res["before"][name], abs=1e-9)
+        assert c["ci_low"] <= c["ci_high"] and c["verdict"] in VERDICTS
     worse = res["after"]["ndcg_at_10"] < res["before"]["ndcg_at_10"]
     assert ("lowers nDCG@10" in out.stderr) == worse
     assert "reranked" in (tmp_path / "ce-eval" / "README.md").read_text()
@@ -256,7 +266,7 @@ def test_synthetic_queries_against_a_local_fake_server():
 
 
 def test_scored_pair_losses_take_scored_pairs_only(tmp_path):
-    from embedsmith.training.fit import _dataset
+    from embedsmith.training.bi_encoder import build_dataset as _dataset
 
     sts = tmp_path / "sts.csv"
     sts.write_text("a cat sits,a cat rests,4.5\na cat sits,stocks fell,0.5\n")

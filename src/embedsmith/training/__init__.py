@@ -1,16 +1,29 @@
-"""Fine-tuning bi-encoders and cross-encoders, with hard negatives mined by BM25 or a dense model."""
+"""Fine-tuning bi-encoders and cross-encoders, with hard negatives mined by BM25 or a dense model.
 
+Modules: :mod:`.data` (readers, inverse cloze), :mod:`.negatives` (mining), :mod:`.bi_encoder`
+(:func:`finetune`), :mod:`.cross_encoder` (:func:`finetune_reranker`), :mod:`.report` (the report and
+model card), :mod:`.models` (which folders train), :mod:`.synthetic` (LLM-written queries).
+"""
+
+from .bi_encoder import LOSSES, finetune
+from .cross_encoder import RERANKER_LOSSES, finetune_reranker
 from .data import TrainingData, inverse_cloze, load_training_data
-from .fit import FinetuneReport, add_hard_negatives, finetune, finetune_reranker
-from .mining import mine_hard_negatives
+from .models import model_folder
+from .negatives import add_hard_negatives, load_dense_miner, mine_hard_negatives
+from .report import FinetuneReport, ReportKind
 
 __all__ = [
+    "LOSSES",
+    "RERANKER_LOSSES",
     "FinetuneReport",
+    "ReportKind",
     "TrainingData",
     "add_hard_negatives",
     "finetune",
     "finetune_reranker",
     "inverse_cloze",
+    "load_dense_miner",
     "load_training_data",
     "mine_hard_negatives",
+    "model_folder",
 ]
