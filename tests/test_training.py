@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -165,6 +166,21 @@ def test_tiny_finetune_changes_weights_and_loads_everywhere(tmp_path):
     assert float(v1[0] @ v2[0]) > 0.9999
 
 
+def beir_slice(folder: Path, n_docs: int) -> Path:
+    """A BEIR folder of the Cranfield slice's first ``n_docs`` documents and the dev queries judged within them."""
+    (folder / "qrels").mkdir(parents=True)
+    docs = (CRAN / "corpus.jsonl").read_text().splitlines()[:n_docs]
+    ids = {json.loads(d)["_id"] for d in docs}
+    head, *rows = (CRAN / "qrels" / "dev.tsv").read_text().splitlines()
+    rows = [r for r in rows if r.split("\t")[1] in ids]
+    qids = {r.split("\t")[0] for r in rows}
+    queries = [q for q in (CRAN / "queries.jsonl").read_text().splitlines() if json.loads(q)["_id"] in qids]
+    (folder / "corpus.jsonl").write_text("\n".join(docs) + "\n")
+    (folder / "queries.jsonl").write_text("\n".join(queries) + "\n")
+    (folder / "qrels" / "dev.tsv").write_text("\n".join([head, *rows]) + "\n")
+    return folder
+
+
 @pytest.mark.slow
 def test_tiny_reranker_and_cli(tmp_path):
     from embedsmith.rerankers import Reranker
@@ -194,15 +210,17 @@ def test_tiny_reranker_and_cli(tmp_path):
 
     # With --eval, the first stage's top 10 (so its nDCG@10 is the full ranking's) is scored against the
     # same candidates reranked, and the CLI warns when the reranker makes the ranking worse.
+    # (on a slice: the first 80 documents and the queries judged within them, so the two evaluations stay cheap)
+    small = beir_slice(tmp_path / "small", 80)
     out = run("finetune-reranker", "--train", str(CRAN / "corpus.jsonl"), "--output", str(tmp_path / "ce-eval"),
               "--max-steps", "1", "--batch-size", "4", "--negatives-per-query", "1", "--max-length", "64",
-              "--eval", str(CRAN), "--candidates", "10", "--device", "cpu", "--json")
+              "--eval", str(small), "--candidates", "10", "--device", "cpu", "--json")
     res = json.loads(out.stdout)
     from embedsmith import load_encoder
     from embedsmith.evaluation import RetrievalTask
 
-    first = RetrievalTask.from_beir(CRAN, split="dev").evaluate(load_encoder("minilm", backend="torch",
-                                                                              device="cpu"))
+    first = RetrievalTask.from_beir(small, split="dev").evaluate(load_encoder("minilm", backend="torch",
+                                                                               device="cpu"))
     assert res["before"]["ndcg_at_10"] == pytest.approx(first.scores["ndcg_at_10"], abs=1e-4)
     assert 0.0 <= res["after"]["ndcg_at_10"] <= 1.0 and set(res["after"]) == {"ndcg_at_10", "mrr_at_10"}
     assert res["hyperparameters"]["candidates"] == 10 and res["kind"] == "reranker"
