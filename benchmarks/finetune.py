@@ -234,9 +234,11 @@ def late_interaction(tokens: int = 96, lr: float = 3e-5, scale: float = 1.0) -> 
                           ("> MaxSim, untrained (minilm's token vectors)", rep.before),
                           ("> MaxSim, fine-tuned", rep.after)):
         print(f"| {label} | {scores['ndcg_at_10']:.4f} | {scores['mrr_at_10']:.4f} | {scores['recall_at_100']:.4f} |")
-    for name, c in rep.comparisons.items():
-        print(f"- {name}: {c['diff']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}], p = {c['p_value']:.4f} "
-              f"({c['verdict']})")
+    for name, rows in (("fine-tuned vs untrained", rep.significance),
+                       ("fine-tuned vs first stage", rep.first_stage_significance)):
+        for c in rows.values():
+            print(f"- {name}, {c.metric}: {c.diff:+.4f} [{c.ci_low:+.4f}, {c.ci_high:+.4f}], p = {c.p_value:.4f} "
+                  f"({c.verdict})")
 
 
 def main() -> None:

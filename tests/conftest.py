@@ -128,39 +128,20 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def tiny_reranker(tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
-    """A cross-encoder trained here in seconds from MiniLM on Cranfield judgements (quality is not the point)."""
-    import torch
-    from sentence_transformers import CrossEncoder
+    """A cross-encoder trained here in seconds from MiniLM on Cranfield judgements, each with one random
+    document as its negative, by the library's own loop (quality is not the point)."""
+    from embedsmith.training import TrainingData, finetune_reranker
 
-    from embedsmith.encoders.registry import _minilm_folder
-
-    torch.manual_seed(0)
     docs = {json.loads(x)["_id"]: json.loads(x)["text"] for x in (CRAN / "corpus.jsonl").read_text().splitlines()}
     queries = {json.loads(x)["_id"]: json.loads(x)["text"] for x in (CRAN / "queries.jsonl").read_text().splitlines()}
     rows = [line.split("\t") for line in (CRAN / "qrels" / "dev.tsv").read_text().splitlines()[1:]]
     rng = random.Random(0)
-    pairs = []
+    data = TrainingData(source="cranfield dev judgements")
     for qid, did, _ in rows[:24]:
-        pairs.append((queries[qid], docs[did], 1.0))
-        pairs.append((queries[qid], docs[rng.choice(list(docs))], 0.0))
-    ce = CrossEncoder(str(_minilm_folder()), num_labels=1, device="cpu", local_files_only=True)
-    model, tok = ce.model, ce.tokenizer
-    opt = torch.optim.AdamW(model.parameters(), lr=5e-5)
-    model.train()
-    for _ in range(2):
-        rng.shuffle(pairs)
-        for i in range(0, len(pairs), 8):
-            batch = pairs[i : i + 8]
-            enc = tok([p[0] for p in batch], [p[1] for p in batch], padding=True, truncation=True, max_length=128,
-                      return_tensors="pt")
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(
-                model(**enc).logits.squeeze(-1), torch.tensor([p[2] for p in batch]))
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-    model.eval()
+        data.add(queries[qid], docs[did], [docs[rng.choice(list(docs))]])
     out = tmp_path_factory.mktemp("reranker")
-    ce.save(str(out))
+    finetune_reranker("minilm", data, out, hard_negatives="none", loss="bce", epochs=2, batch_size=8, lr=5e-5,
+                      head_lr=5e-5, max_length=128, seed=0, device="cpu")
     return out
 
 

@@ -102,7 +102,8 @@ def test_prompts_are_added_per_kind():
 
 @pytest.mark.slow
 def test_onnx_matches_torch_on_stsb(stsb, minilm_onnx, minilm_torch):
-    sentences = list(dict.fromkeys(stsb[0] + stsb[1]))
+    # 800 distinct sentences: the whole dev set's agreement is the Spearman test below; this one is per vector
+    sentences = list(dict.fromkeys(stsb[0] + stsb[1]))[:800]
     ref = minilm_torch.encode(sentences)
     fp32 = minilm_onnx.encode(sentences)
     cos = (ref * fp32).sum(1)

@@ -173,10 +173,16 @@ def test_late_interaction_finetune_starts_from_minilms_maxsim_and_saves_a_loadab
     own = small_task.score_run(maxsim_run(small_task, first, minilm_onnx))
     assert rep.before["ndcg_at_10"] == pytest.approx(own["ndcg_at_10"], abs=1e-4)
     assert 0 <= rep.after["ndcg_at_10"] <= 1
-    for c in rep.comparisons.values():
-        assert c["n"] == 5 and c["ci_low"] <= c["diff"] <= c["ci_high"]
-    assert rep.comparisons["after vs before"]["diff"] == pytest.approx(
+    assert rep.kind == "late-interaction" and set(rep.significance) == set(rep.first_stage_significance) == {
+        "ndcg_at_10", "mrr_at_10"}
+    for c in [*rep.significance.values(), *rep.first_stage_significance.values()]:
+        assert c.n == 5 and c.ci_low <= c.diff <= c.ci_high
+    assert rep.significance["ndcg_at_10"].diff == pytest.approx(
         rep.after["ndcg_at_10"] - rep.before["ndcg_at_10"], abs=1e-9)
+    assert rep.first_stage_significance["ndcg_at_10"].diff == pytest.approx(
+        rep.after["ndcg_at_10"] - rep.first_stage["ndcg_at_10"], abs=1e-9)
+    saved = json.loads((out / "embedsmith_training.json").read_text())
+    assert saved["kind"] == "late-interaction" and saved["first_stage_significance"]["ndcg_at_10"]["verdict"]
     # the folder is sentence-transformers' own format (the first test compares the two), loaded by path
     enc = load_encoder(out, device="cpu")
     assert type(enc).__name__ == "MultiVectorTorchEncoder" and enc.dim == 384
@@ -184,7 +190,8 @@ def test_late_interaction_finetune_starts_from_minilms_maxsim_and_saves_a_loadab
     untrained = minilm_onnx.token_vectors([QUERY], kind="query")[0]
     assert not np.allclose(enc.token_vectors([QUERY], kind="query")[0], untrained, atol=1e-3)  # it trained
     card = (out / "README.md").read_text()
-    assert "Late-interaction model fine-tuned with embedsmith" in card and "after vs before" in card
+    assert "Fine-tuned with embedsmith" in card and "kind: late-interaction" in card and "trained > MaxSim" in card
+    assert "rerank with `--rerank maxsim:PATH`" in card
     with pytest.raises(InvalidInputError, match="token_dim must be from 8"):
         finetune_late_interaction("minilm", data, tmp_path / "x", token_dim=4, max_steps=1, device="cpu")
 

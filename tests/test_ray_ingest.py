@@ -105,6 +105,56 @@ def test_killed_actors_then_rerun_lose_and_duplicate_nothing(ray_runtime, corpus
             assert c.verify().ok  # BM25 statistics match the rows
 
 
+def test_a_dataset_of_rows_is_upserted_by_id_and_unchanged_rows_are_not_encoded(ray_runtime, corpus, pg_server,
+                                                                                  minilm_onnx):
+    from embedsmith.errors import InvalidInputError
+    from embedsmith.ingest_ray import index_dataset
+
+    rows = [json.loads(line) for k in range(4) for line in (corpus / f"shard{k}.jsonl").read_text().splitlines()]
+    with pg_schema(pg_server) as store:
+        with open_collection("local", store=store, encoder=minilm_onnx) as c:
+            index_paths(c, [corpus / f"shard{k}.jsonl" for k in range(4)])
+        ds = ray_runtime.data.from_items(rows)
+        report = index_dataset(ds, store=store, collection="rows", encoder=minilm_onnx, num_workers=2, batch_size=3)
+        assert (report.documents, report.documents_unchanged, report.files_skipped) == (len(rows), 0, [])
+        local, got = records(store, "local"), records(store, "rows")
+        assert report.chunks == len(got) > len(rows)  # the long rows were chunked
+        # Same chunks, texts, vectors and metadata as the JSONL files gave, but for where they came from
+        strip = ("source", "doc_hash")
+        assert_same({k: (t, {m: v for m, v in md.items() if m not in strip}, vec) for k, (t, md, vec) in local.items()},
+                    {k: (t, {m: v for m, v in md.items() if m not in strip}, vec) for k, (t, md, vec) in got.items()})
+        assert {md["source"] for _, md, _ in got.values()} == {"ray.data"}
+
+        rows[5] = dict(rows[5], text="Shock waves meet the boundary layer and it separates.")
+        again = index_dataset(ray_runtime.data.from_items(rows), store=store, collection="rows", num_workers=1)
+        assert (again.documents, again.documents_unchanged) == (1, len(rows) - 1)
+        after = records(store, "rows")
+        assert after["d5"][0] == f"Paper 5\n\n{rows[5]['text']}" and not any(k.startswith("d5#") for k in after)
+        assert {k: v[0] for k, v in after.items() if not k.startswith("d5")} == \
+            {k: v[0] for k, v in got.items() if not k.startswith("d5")}
+        with open_collection("rows", store=store, create=False) as c:
+            assert c.verify().ok
+        with pytest.raises(InvalidInputError, match="id column"):
+            index_dataset(ray_runtime.data.from_items([{"text": "no id"}]), store=store, collection="rows")
+
+
+def test_prune_removes_the_chunks_of_files_that_are_gone(ray_runtime, corpus, pg_server, minilm_onnx, tmp_path):
+    import shutil
+
+    from embedsmith.ingest_ray import index_dataset
+
+    for name in ("shard0.jsonl", "notes.md"):
+        shutil.copy(corpus / name, tmp_path / name)
+    with pg_schema(pg_server) as store:
+        first = index_dataset([tmp_path], store=store, collection="p", encoder=minilm_onnx, num_workers=1)
+        assert first.files_indexed == 2
+        (tmp_path / "notes.md").unlink()
+        again = index_dataset([tmp_path], store=store, collection="p", num_workers=1, prune=True)
+        assert (again.files_unchanged, again.files_pruned) == (1, 1)
+        with open_collection("p", store=store, create=False) as c:
+            assert {src for (src,) in c.distinct("source")} == {str(tmp_path / "shard0.jsonl")}
+
+
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "embedsmith.cli", *args], capture_output=True, text=True,
                           env=env or dict(os.environ), timeout=120)

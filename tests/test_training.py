@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import DATA
 from embedsmith import EmbedsmithError, InvalidInputError
+from embedsmith.evaluation.stats import VERDICTS
 from embedsmith.training import (
     TrainingData,
     finetune,
@@ -149,14 +151,34 @@ def test_tiny_finetune_changes_weights_and_loads_everywhere(tmp_path):
     rep = finetune("minilm", data, out, max_steps=3, batch_size=8, hard_negatives="bm25", negatives_per_query=1,
                    matryoshka=[384, 128], corpus=titled.positives, eval_task=STSTask.from_file(sts), device="cpu")
     assert rep.steps == 3 and set(rep.before) == {"main_score", "main_score@128"} == set(rep.after)
+    assert rep.kind == "bi-encoder" and set(rep.significance) == set(rep.before)
+    for name, c in rep.significance.items():  # after (B) against before (A) over the STS pairs
+        assert c.a == pytest.approx(rep.before[name], abs=1e-9) and c.b == pytest.approx(rep.after[name], abs=1e-9)
+        assert c.ci_low <= c.ci_high and 0 < c.p_value <= 1
     before, after = _weights(_minilm_folder()), _weights(out)
     changed = [k for k in after if k in before and not np.allclose(before[k], after[k])]
     assert len(changed) > 10
     card = (out / "README.md").read_text()
     assert "Fine-tuned with embedsmith" in card and "mnrl + matryoshka [384, 128]" in card and "| main_score |" in card
+    assert "- kind: bi-encoder" in card and "95% interval" in card
     v1 = load_encoder(str(out), backend="onnx").encode(["wing flutter"])
     v2 = SentenceTransformer(str(out), device="cpu").encode(["wing flutter"], normalize_embeddings=True)
     assert float(v1[0] @ v2[0]) > 0.9999
+
+
+def beir_slice(folder: Path, n_docs: int) -> Path:
+    """A BEIR folder of the Cranfield slice's first ``n_docs`` documents and the dev queries judged within them."""
+    (folder / "qrels").mkdir(parents=True)
+    docs = (CRAN / "corpus.jsonl").read_text().splitlines()[:n_docs]
+    ids = {json.loads(d)["_id"] for d in docs}
+    head, *rows = (CRAN / "qrels" / "dev.tsv").read_text().splitlines()
+    rows = [r for r in rows if r.split("\t")[1] in ids]
+    qids = {r.split("\t")[0] for r in rows}
+    queries = [q for q in (CRAN / "queries.jsonl").read_text().splitlines() if json.loads(q)["_id"] in qids]
+    (folder / "corpus.jsonl").write_text("\n".join(docs) + "\n")
+    (folder / "queries.jsonl").write_text("\n".join(queries) + "\n")
+    (folder / "qrels" / "dev.tsv").write_text("\n".join([head, *rows]) + "\n")
+    return folder
 
 
 @pytest.mark.slow
@@ -188,18 +210,24 @@ def test_tiny_reranker_and_cli(tmp_path):
 
     # With --eval, the first stage's top 10 (so its nDCG@10 is the full ranking's) is scored against the
     # same candidates reranked, and the CLI warns when the reranker makes the ranking worse.
+    # (on a slice: the first 80 documents and the queries judged within them, so the two evaluations stay cheap)
+    small = beir_slice(tmp_path / "small", 80)
     out = run("finetune-reranker", "--train", str(CRAN / "corpus.jsonl"), "--output", str(tmp_path / "ce-eval"),
               "--max-steps", "1", "--batch-size", "4", "--negatives-per-query", "1", "--max-length", "64",
-              "--eval", str(CRAN), "--candidates", "10", "--device", "cpu", "--json")
+              "--eval", str(small), "--candidates", "10", "--device", "cpu", "--json")
     res = json.loads(out.stdout)
     from embedsmith import load_encoder
     from embedsmith.evaluation import RetrievalTask
 
-    first = RetrievalTask.from_beir(CRAN, split="dev").evaluate(load_encoder("minilm", backend="torch",
-                                                                              device="cpu"))
+    first = RetrievalTask.from_beir(small, split="dev").evaluate(load_encoder("minilm", backend="torch",
+                                                                               device="cpu"))
     assert res["before"]["ndcg_at_10"] == pytest.approx(first.scores["ndcg_at_10"], abs=1e-4)
     assert 0.0 <= res["after"]["ndcg_at_10"] <= 1.0 and set(res["after"]) == {"ndcg_at_10", "mrr_at_10"}
-    assert res["hyperparameters"]["candidates"] == 10
+    assert res["hyperparameters"]["candidates"] == 10 and res["kind"] == "reranker"
+    assert set(res["significance"]) == {"ndcg_at_10", "mrr_at_10"}
+    for name, c in res["significance"].items():  # reranked (B) against the first stage (A), per query
+        assert c["diff"] == pytest.approx(res["after"][name] - res["before"][name], abs=1e-9)
+        assert c["ci_low"] <= c["ci_high"] and c["verdict"] in VERDICTS
     worse = res["after"]["ndcg_at_10"] < res["before"]["ndcg_at_10"]
     assert ("lowers nDCG@10" in out.stderr) == worse
     assert "reranked" in (tmp_path / "ce-eval" / "README.md").read_text()
@@ -256,7 +284,7 @@ def test_synthetic_queries_against_a_local_fake_server():
 
 
 def test_scored_pair_losses_take_scored_pairs_only(tmp_path):
-    from embedsmith.training.fit import _dataset
+    from embedsmith.training.bi_encoder import build_dataset as _dataset
 
     sts = tmp_path / "sts.csv"
     sts.write_text("a cat sits,a cat rests,4.5\na cat sits,stocks fell,0.5\n")

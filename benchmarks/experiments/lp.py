@@ -6,7 +6,7 @@ from finetune import cranfield_split, DATA, per_query_ndcg, dense_run
 from embedsmith import load_encoder
 from embedsmith.evaluation import RetrievalTask
 from embedsmith.training import TrainingData
-from embedsmith.training.fit import add_hard_negatives, model_folder
+from embedsmith.training import add_hard_negatives, model_folder
 from sentence_transformers import CrossEncoder
 from sklearn.linear_model import LogisticRegression
 full = RetrievalTask.from_beir(DATA / "cranfield-beir-dev", split="dev")

@@ -5,7 +5,7 @@ sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]
 from finetune import cranfield_split, DATA, per_query_ndcg, dense_run
 from embedsmith import load_encoder
 from embedsmith.evaluation import RetrievalTask
-from embedsmith.training.fit import model_folder
+from embedsmith.training import model_folder
 from transformers import AutoModel, AutoTokenizer
 full = RetrievalTask.from_beir(DATA / "cranfield-beir-dev", split="dev")
 tq, vq = cranfield_split()

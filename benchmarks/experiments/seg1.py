@@ -6,7 +6,7 @@ from finetune import cranfield_split, DATA, per_query_ndcg, dense_run
 from embedsmith import load_encoder
 from embedsmith.evaluation import RetrievalTask
 from embedsmith.training import TrainingData
-from embedsmith.training.fit import add_hard_negatives, model_folder
+from embedsmith.training import add_hard_negatives, model_folder
 from transformers import AutoModel, AutoTokenizer
 ap = argparse.ArgumentParser()
 ap.add_argument("--lr", type=float, default=2e-5); ap.add_argument("--steps", type=int, default=200)
@@ -29,7 +29,7 @@ corpus = [t for t in full.corpus.values() if t.strip()]
 enc0 = load_encoder("minilm", backend="torch", device="cpu")
 m = add_hard_negatives(data, method="dense", per_query=a.neg, encoder=enc0, corpus=corpus)
 rng = random.Random(0)
-from embedsmith.training.fit import _random_documents
+from embedsmith.training.negatives import random_documents as _random_documents
 pos_of = {}
 for an, p in zip(data.anchors, data.positives): pos_of.setdefault(an, []).append(p)
 groups = [(an, [p, *negs, *_random_documents(rng, corpus, an, pos_of[an], negs, a.rand)]) for an, p, negs in zip(m.anchors, m.positives, m.negatives)]

@@ -6,7 +6,8 @@ from finetune import cranfield_split, DATA, per_query_ndcg, dense_run, bootstrap
 from embedsmith import load_encoder
 from embedsmith.evaluation import RetrievalTask
 from embedsmith.training import TrainingData, inverse_cloze
-from embedsmith.training.fit import add_hard_negatives, model_folder, _random_documents
+from embedsmith.training import add_hard_negatives, model_folder
+from embedsmith.training.negatives import random_documents as _random_documents
 from transformers import AutoModel, AutoTokenizer
 ap = argparse.ArgumentParser()
 ap.add_argument("--lr", type=float, default=3e-5); ap.add_argument("--gate_lr", type=float, default=0.05)

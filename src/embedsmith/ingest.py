@@ -12,8 +12,9 @@ from __future__ import annotations
 import hashlib
 import html.parser
 import io
+import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -63,11 +64,17 @@ class IndexReport:
     files_pruned: int = 0
     #: chunks whose vectors came from the vector cache (unchanged chunks of changed files, re-indexing)
     chunks_cached: int = 0
+    #: documents of a Ray dataset of rows whose stored hash was unchanged (not encoded again)
+    documents_unchanged: int = 0
 
     def summary(self) -> str:
         cached = f", {self.chunks_cached} from the vector cache" if self.chunks_cached else ""
-        parts = [f"{self.files_indexed} file(s) indexed ({self.documents} documents, {self.chunks} chunks{cached})",
-                 f"{self.files_unchanged} unchanged"]
+        if self.files_indexed or self.files_unchanged or not (self.documents or self.documents_unchanged):
+            parts = [f"{self.files_indexed} file(s) indexed ({self.documents} documents, {self.chunks} chunks"
+                     f"{cached})", f"{self.files_unchanged} unchanged"]
+        else:  # a dataset of document rows
+            parts = [f"{self.documents} document(s) indexed ({self.chunks} chunks{cached})",
+                     f"{self.documents_unchanged} unchanged"]
         if self.files_pruned:
             parts.append(f"{self.files_pruned} removed file(s) pruned")
         parts.append(f"{len(self.files_skipped)} skipped")
@@ -344,13 +351,20 @@ def _index_paths(collection: Collection, paths: Sequence[str | Path], *, max_tok
             flush()
     flush()
     if prune:
-        roots = [Path(p).resolve() for p in paths]
-        present = {str(f) for f in files}
-        gone = [src for src in known if src not in present and _under(Path(src), roots)]
-        for part in range(0, len(gone), 500):
-            collection.delete(where={"source": {"$in": gone[part : part + 500]}})
-        report.files_pruned = len(gone)
+        report.files_pruned = prune_gone(collection, paths, files, known)
     return report
+
+
+def prune_gone(collection: Collection, paths: Sequence[str | os.PathLike[str]], files: Sequence[Path],
+               known: Mapping[str, Any]) -> int:
+    """Delete the chunks of files under ``paths`` that are stored (``known`` sources) but no longer among
+    ``files``; the number of such files (local and Ray ingestion share it)."""
+    roots = [Path(p).resolve() for p in paths]
+    present = {str(f) for f in files}
+    gone = [src for src in known if src not in present and _under(Path(src), roots)]
+    for part in range(0, len(gone), 500):
+        collection.delete(where={"source": {"$in": gone[part : part + 500]}})
+    return len(gone)
 
 
 def _id_clash(collection: Collection, docs: Sequence[Document], source: str,

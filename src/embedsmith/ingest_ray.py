@@ -6,6 +6,11 @@ holds the same ids, texts and metadata), on a Ray cluster or a local Ray runtime
 * files (or a ``ray.data.Dataset`` with a ``path`` column, and optionally the ``bytes`` column
   ``ray.data.read_binary_files(..., include_paths=True)`` gives) are read, hashed, parsed and chunked by an actor
   pool that also encodes them: one model per actor, ONNX on CPU, CUDA when Ray gave the actor a GPU;
+* or a ``ray.data.Dataset`` of documents (``ray.data.read_parquet``, ``from_pandas``...): one row per document
+  with an id column (``_id``/``id`` or ``id_field``) and a text column (and optionally ``title`` and a
+  ``metadata`` mapping), the same fields a JSONL row has. Each document carries the sha256 of its own row
+  (``doc_hash``) and ``source`` (``dataset_source``, "ray.data" by default); rows are written as upserts keyed
+  by document id, and a row whose stored hash is unchanged is skipped before it is encoded;
 * one writer actor writes each batch of whole files with :meth:`Collection.replace_vectors`: one transaction
   that removes the files' old records and adds the new ones with binary ``COPY`` (the backend's own write, so
   the BM25 statistics, HNSW graph and metadata indexes stay what its other writes keep). One writer, because
@@ -20,6 +25,7 @@ rest. Ray Data restarts a dead actor and retries its batch.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import pickle
@@ -37,7 +43,9 @@ from .ingest import (
     IndexReport,
     UnreadableFileError,
     _id_clash,
+    chunk_records,
     file_records,
+    prune_gone,
     read_documents,
     walk,
 )
@@ -180,15 +188,106 @@ class _EncodeFiles:
         return {k: np.array(v, dtype=object if k == "payload" else None) for k, v in out.items()}
 
 
+def row_digest(doc: Document) -> str:
+    """sha256 of a document row (its id, title, text and metadata): what "unchanged" means for a row."""
+    canon = json.dumps([doc.id, doc.title, doc.text, doc.metadata], sort_keys=True, ensure_ascii=False,
+                       default=str)
+    return hashlib.sha256(canon.encode("utf-8")).hexdigest()
+
+
+def _cell(value: Any) -> Any:
+    """A Ray Data cell as plain Python (numpy scalars and arrays come back from ``batch_format="numpy"``)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+class _EncodeRows:
+    """Actor: chunk and encode a batch of document rows with one model, skipping rows whose hash is stored."""
+
+    def __init__(self, settings: CollectionSettings, store: str, chunking: Chunking, fields: dict[str, str | None],
+                 source: str, threads: int, crash: Crash) -> None:
+        from .store import open_collection
+
+        self.files = _EncodeFiles(settings, {}, chunking, "text", None, threads, crash)
+        self.c = open_collection(settings.name, store=store, create=False)
+        self.fields, self.source = fields, source
+
+    def _document(self, batch: dict[str, np.ndarray], i: int) -> Document:
+        f = self.fields
+        rid = _cell(batch[str(f["id"])][i])
+        if rid is None or str(rid) == "":
+            raise UnreadableFileError(f"row has no {f['id']!r}")
+        text = _cell(batch[str(f["text"])][i])
+        title = _cell(batch[f["title"]][i]) if f["title"] else None
+        meta = _cell(batch[f["metadata"]][i]) if f["metadata"] else None
+        if meta is not None and not isinstance(meta, dict):
+            raise UnreadableFileError(f"document {rid!r}: metadata is {type(meta).__name__}, not a mapping")
+        meta = {k: v for k, v in (meta or {}).items() if v is not None}
+        return Document(str(rid), "" if text is None else str(text), self.source, str(title) if title else None,
+                        meta)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(batch[str(self.fields["id"])])
+        out: dict[str, list[Any]] = {k: [] for k in ("source", "status", "reason", "documents", "payload")}
+        docs: list[tuple[int, Document, str]] = []
+        for i in range(n):
+            status, reason, name = "indexed", "", f"row {i}"
+            try:
+                doc = self._document(batch, i)
+                name = doc.id
+                if not doc.text.strip() and not doc.title:
+                    status, reason = "skipped", "empty text"
+                else:
+                    docs.append((i, doc, row_digest(doc)))
+            except UnreadableFileError as exc:
+                status, reason = "skipped", str(exc)
+            for key, value in zip(out, (name, status, reason, 1, b""), strict=True):
+                out[key].append(value)
+        ids = [d.id for _, d, _ in docs]
+        stored = {r["metadata"].get("doc_id", r["id"]): r["metadata"].get("doc_hash")
+                  for r in self.c.get(ids + [f"{i}#0" for i in ids])} if ids else {}
+        todo = []
+        for i, doc, digest in docs:
+            if stored.get(doc.id) == digest:
+                out["status"][i] = "unchanged"
+            else:
+                ch = self.files.chunking
+                recs = chunk_records(doc, self.files.enc, max_tokens=ch.max_tokens, overlap=ch.overlap,
+                                     headings=bool(ch.headings))
+                for r in recs:
+                    r["metadata"]["doc_hash"] = digest
+                todo.append((i, recs))
+        texts = [r.get("index_text") or r["text"] for _, recs in todo for r in recs]
+        vectors = (np.asarray(self.files.enc.encode(texts, kind="document"), dtype=np.float32) if texts
+                   else np.zeros((0, 0), np.float32))
+        at = 0
+        for i, recs in todo:
+            out["payload"][i] = pickle.dumps((recs, vectors[at : at + len(recs)], None))
+            at += len(recs)
+        self.files.done += 1
+        _crash_now(self.files.crash, "encode", self.files.done)
+        return {k: np.array(v, dtype=object if k == "payload" else None) for k, v in out.items()}
+
+    def __del__(self) -> None:
+        c = getattr(self, "c", None)
+        if c is not None:
+            c.close()
+
+
 class _WriteFiles:
     """Actor (one): write batches of whole files, each batch in transactions of at most ``WRITE_CHUNKS``."""
 
-    def __init__(self, store: str, name: str, crash: Crash) -> None:
+    def __init__(self, store: str, name: str, crash: Crash, rows: bool = False) -> None:
         from .store import open_collection
 
         self.c = open_collection(name, store=store, create=False)
         self.claimed: dict[str, tuple[str, int | None]] = {}
         self.crash, self.done = crash, 0
+        #: document rows replace by document id (an upsert); files replace by source, whole files at a time
+        self.key = "doc_id" if rows else "source"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["source"])
@@ -201,7 +300,7 @@ class _WriteFiles:
             if group:
                 recs = [r for _, rs, _ in group for r in rs]
                 vecs = np.concatenate([v for _, rs, v in group if rs]) if recs else np.zeros((0, 0), np.float32)
-                self.c.replace_vectors({"source": {"$in": [str(batch["source"][i]) for i, _, _ in group]}}, recs,
+                self.c.replace_vectors({self.key: {"$in": [str(batch["source"][i]) for i, _, _ in group]}}, recs,
                                        vecs)
                 group.clear()
 
@@ -210,11 +309,12 @@ class _WriteFiles:
                 continue
             source = str(batch["source"][i])
             recs, vecs, ids = pickle.loads(batch["payload"][i])
-            docs = [Document(d, "", source, line=line) for d, line in ids]
-            clash = _id_clash(self.c, docs, source, self.claimed)
-            if clash:
-                status[i], reason[i] = "skipped", clash
-                continue
+            if ids is not None:  # a file: its ids must not belong to another file
+                docs = [Document(d, "", source, line=line) for d, line in ids]
+                clash = _id_clash(self.c, docs, source, self.claimed)
+                if clash:
+                    status[i], reason[i] = "skipped", clash
+                    continue
             chunks[i] = len(recs)
             if group and sum(len(rs) for _, rs, _ in group) + len(recs) > WRITE_CHUNKS:
                 flush()
@@ -246,6 +346,21 @@ def _cause(exc: BaseException) -> EmbedsmithError | None:
     return None
 
 
+def _row_fields(columns: list[str], text_field: str, id_field: str | None) -> dict[str, str | None]:
+    """The columns of a dataset of document rows (id, text, title, metadata), or a clear refusal."""
+    listed = ", ".join(map(repr, columns)) or "none"
+    ident = id_field if id_field else next((c for c in ("_id", "id") if c in columns), None)
+    if ident is None or ident not in columns:
+        raise InvalidInputError(
+            f"a dataset of documents needs an id column ({id_field or '_id or id'!r}; columns: {listed}): rows are "
+            "upserted by id; or give a 'path' column (ray.data.read_binary_files(..., include_paths=True))")
+    if text_field not in columns:
+        raise InvalidInputError(f"a dataset of documents needs a {text_field!r} column (columns: {listed}); "
+                                "pass text_field=")
+    return {"id": ident, "text": text_field, "title": "title" if "title" in columns else None,
+            "metadata": "metadata" if "metadata" in columns else None}
+
+
 def index_dataset(
     dataset_or_paths: Any,
     *,
@@ -263,14 +378,18 @@ def index_dataset(
     metric: str | None = None,
     precision: str | None = None,
     dims: int | None = None,
+    dataset_source: str = "ray.data",
+    prune: bool = False,
     show_progress: bool = False,
     _crash: Crash = (),
 ) -> IndexReport:
     """Index files into a PostgreSQL collection on Ray Data (see the module docstring).
 
     Args:
-        dataset_or_paths: files and folders (as :func:`~embedsmith.ingest.index_paths` takes), or a
-            ``ray.data.Dataset`` with a ``path`` column (and optionally ``bytes``: the file's content).
+        dataset_or_paths: files and folders (as :func:`~embedsmith.ingest.index_paths` takes), a
+            ``ray.data.Dataset`` with a ``path`` column (and optionally ``bytes``: the file's content), or a
+            ``ray.data.Dataset`` of documents: an id column (``id_field``, else ``_id`` or ``id``), a text column
+            (``text_field``), optionally ``title`` and ``metadata`` (a mapping), one row per document.
         store: a ``postgresql://`` DSN (a DSN, not an open collection: a connection pool cannot travel to actors).
         collection: its name; created with ``encoder``'s settings (and metric, precision, dims) when missing.
         encoder: an alias, folder or encoder whose name the actors load (default: the collection's model, or
@@ -281,10 +400,13 @@ def index_dataset(
         threads_per_worker, gpus_per_worker: what each actor gets (its model runs on CUDA when it has a GPU).
         ray_address: a cluster (``host:port``, ``ray://host:port``, ``auto``); None: this process's Ray runtime,
             or a new local one.
+        dataset_source: the ``source`` metadata of documents from a dataset of rows.
+        prune: paths only: afterwards, delete the chunks of files under the paths that no longer exist.
 
     Returns:
         An :class:`~embedsmith.ingest.IndexReport` (files indexed/unchanged/skipped with reasons, documents,
-        chunks).
+        chunks). For a dataset of rows: ``documents`` written, ``documents_unchanged`` and ``files_skipped``
+        holding (document id, reason).
 
     Raises:
         InvalidInputError: a store that is not PostgreSQL, a missing path, bad batch sizes.
@@ -312,6 +434,9 @@ def index_dataset(
     if not isinstance(dataset_or_paths, ray.data.Dataset):
         paths = [dataset_or_paths] if isinstance(dataset_or_paths, (str, os.PathLike)) else list(dataset_or_paths)
         files = walk([Path(p) for p in paths])
+    elif prune:
+        raise InvalidInputError("prune=True needs paths (it removes the chunks of files gone from them), not a "
+                                "ray.data.Dataset")
 
     enc: Encoder | None = None
     from .store import list_collections
@@ -328,7 +453,11 @@ def index_dataset(
 
     report = IndexReport()
     if files is not None and not files:
+        if prune:
+            with open_collection(collection, store=store, create=False) as c:
+                report.files_pruned = prune_gone(c, paths, files, known)
         return report
+    fields: dict[str, str | None] | None = None
     started = _start_ray(ray, ray_address, None)
     try:
         if files is not None:
@@ -336,23 +465,33 @@ def index_dataset(
             ds = ray.data.from_items([{"path": str(f)} for f in files], override_num_blocks=blocks)
         else:
             ds = dataset_or_paths
-            columns = ds.columns()
-            if "path" not in columns:
-                raise InvalidInputError(f"the dataset needs a 'path' column (columns: {', '.join(columns)}); "
-                                        "read it with ray.data.read_binary_files(..., include_paths=True)")
-            ds = ds.select_columns(["path", "bytes"] if "bytes" in columns else ["path"])
+            columns = ds.columns() or []
+            if "path" in columns:
+                ds = ds.select_columns(["path", "bytes"] if "bytes" in columns else ["path"])
+            else:
+                fields = _row_fields(columns, text_field, id_field)
+                ds = ds.select_columns([f for f in fields.values() if f])
         workers = num_workers or max(1, int(ray.cluster_resources().get("CPU", 1)) // threads_per_worker)
+        rows = fields is not None
+        if rows:
+            if not isinstance(dataset_source, str) or not dataset_source.strip():
+                raise InvalidInputError(f"dataset_source must be a non-empty string, got {dataset_source!r}")
+            actor: type = _EncodeRows
+            kwargs: dict[str, Any] = {"settings": settings, "store": store, "chunking": chunking,
+                                      "fields": fields, "source": dataset_source}
+        else:
+            actor = _EncodeFiles
+            kwargs = {"settings": settings, "known": known, "chunking": chunking, "text_field": text_field,
+                      "id_field": id_field}
         encoded = ds.map_batches(
-            _EncodeFiles, batch_size=batch_size, batch_format="numpy",
+            actor, batch_size=batch_size, batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=workers),
             num_cpus=threads_per_worker, num_gpus=gpus_per_worker or None,
-            fn_constructor_kwargs={"settings": settings, "known": known, "chunking": chunking,
-                                   "text_field": text_field, "id_field": id_field, "threads": threads_per_worker,
-                                   "crash": _crash})
+            fn_constructor_kwargs={**kwargs, "threads": threads_per_worker, "crash": _crash})
         written = encoded.map_batches(
             _WriteFiles, batch_size=batch_size, batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0,
-            fn_constructor_kwargs={"store": store, "name": collection, "crash": _crash})
+            fn_constructor_kwargs={"store": store, "name": collection, "crash": _crash, "rows": rows})
         context = ray.data.DataContext.get_current()
         bars = context.enable_progress_bars
         context.enable_progress_bars = False  # ours counts files; Ray Data's (and its log lines) count blocks
@@ -365,15 +504,18 @@ def index_dataset(
         quiet.setLevel(logging.WARNING)
         try:
             bar = tqdm(total=len(files) if files is not None else None, disable=not show_progress,
-                       desc=f"indexing into {collection} on Ray", unit="file")
+                       desc=f"indexing into {collection} on Ray", unit="document" if rows else "file")
             for row in written.iter_rows():
                 bar.update(1)
                 if row["status"] == "unchanged":
-                    report.files_unchanged += 1
+                    if rows:
+                        report.documents_unchanged += 1
+                    else:
+                        report.files_unchanged += 1
                 elif row["status"] == "skipped":
                     report.files_skipped.append((str(row["source"]), str(row["reason"])))
                 else:
-                    report.files_indexed += 1
+                    report.files_indexed += 0 if rows else 1
                     report.documents += int(row["documents"])
                     report.chunks += int(row["chunks"])
             bar.close()
@@ -389,6 +531,9 @@ def index_dataset(
     finally:
         if started:
             ray.shutdown()
+    if prune and files is not None:
+        with open_collection(collection, store=store, create=False) as c:
+            report.files_pruned = prune_gone(c, paths, files, known)
     report.files_skipped.sort()
     return report
 

@@ -64,12 +64,10 @@ def index(
             raise InvalidInputError("--ray-address and --workers go with --ray")
         if store is None or not is_postgres(store):
             raise sqlite_refusal(store or "the default store")
-        if prune:
-            raise InvalidInputError("--prune is not available with --ray; run embedsmith index --prune without it")
         report = index_dataset(paths, store=store, collection=collection, encoder=model,
                                chunking=Chunking(chunk_tokens, overlap, headings), num_workers=workers,
                                ray_address=ray_address, text_field=text_field, id_field=id_field, metric=metric,
-                               precision=precision, dims=dims, show_progress=True)
+                               precision=precision, dims=dims, prune=prune, show_progress=True)
         with open_collection(collection, store=store, create=False) as c:
             render.print_index_report(report, c.info())
         return

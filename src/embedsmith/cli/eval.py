@@ -38,9 +38,11 @@ OutputOpt = Annotated[Path | None, typer.Option(help="write the results as JSON 
 
 def _run_task(task_type: str, path: Path, path2: Path | None, models: list[str], backend: str, device: str,
               split: str | None, dims: int | None, precision: str, text_column: str | None,
-              label_column: str | None, as_json: bool, output: Path | None, vector_cache: bool = False) -> None:
+              label_column: str | None, as_json: bool, output: Path | None, vector_cache: bool = False,
+              use_cache: bool = True) -> None:
     from ..encoders.cache import VectorCache
     from ..evaluation import EmbeddingCache, load_task
+    from ..evaluation.result_cache import ResultCache
 
     task = load_task(task_type, path, path2, split=split, text_column=text_column, label_column=label_column)
     render.warn_problems(task.problems)
@@ -52,7 +54,13 @@ def _run_task(task_type: str, path: Path, path2: Path | None, models: list[str],
         enc.vector_cache = shared  # vectors of texts seen in earlier runs are read, not computed
         return enc
 
-    results = [task.evaluate(model(m), dims=dims, precision=precision, cache=cache) for m in models]
+    stored = ResultCache() if use_cache else None
+    results = [task.evaluate(model(m), dims=dims, precision=precision, cache=cache, result_cache=stored)
+               for m in models]
+    for r in results:
+        if r.cached and stored is not None:
+            typer.echo(f"{r.model_name} on {task.name}: the stored result of the same model, data and settings "
+                       f"(from {stored.folder}; --no-cache computes it again)", err=True)
     payload = [r.to_mteb() for r in results]
     if output is not None and len(results) == 1:
         results[0].save(output)  # and the per-item scores beside it, for `eval compare`
@@ -93,11 +101,14 @@ def _task_command(task_type: str) -> Callable[..., None]:
         as_json: JsonOpt = False,
         output: OutputOpt = None,
         vector_cache: VectorCacheOpt = False,
+        use_cache: Annotated[bool, typer.Option(
+            "--cache/--no-cache", help="read the stored result of the same model, data and settings "
+                                       "($EMBEDSMITH_CACHE/results), or compute it again")] = True,
     ) -> None:
         from ..encoders import DEFAULT_MODEL
 
         _run_task(task_type, path, path2, model or [DEFAULT_MODEL], backend, device, split, dims, precision,
-                  text_column, label_column, as_json, output, vector_cache)
+                  text_column, label_column, as_json, output, vector_cache, use_cache)
 
     return command
 
@@ -106,30 +117,30 @@ for _name, _help in TASK_HELP.items():
     eval_app.command(_name, help=_help)(_task_command(_name))
 
 
+SeedOpt = Annotated[int, typer.Option(help="seed of the significance resampling")]
+ResamplesOpt = Annotated[int, typer.Option(help="paired bootstrap resamples (and permutations) of the significance "
+                                                "test")]
+
+
 @eval_app.command()
 def compare(
     a: Annotated[Path, typer.Argument(help="result A (eval --output), with its .items.json beside it")],
     b: Annotated[Path, typer.Argument(help="result B, of the same data")],
-    seed: Annotated[int, typer.Option(help="seed of the resampling")] = 0,
-    resamples: Annotated[int, typer.Option(help="paired bootstrap resamples (and permutations)")] = 10_000,
+    seed: SeedOpt = 0,
+    resamples: ResamplesOpt = 10_000,
     as_json: JsonOpt = False,
 ) -> None:
     """Is B better than A? Per metric B - A, a paired-bootstrap 95% interval, a permutation p-value, a verdict.
 
     Exit status 0 whatever the verdict (a report, not a gate).
     """
-    from ..evaluation.compare import compare_files
+    from ..evaluation.compare import compare_files, significance_dict
 
     rows = compare_files(a, b, resamples=resamples, seed=seed)
     if as_json:
-        render.print_json({c.metric: {"a": c.a, "b": c.b, "diff": c.diff, "ci_low": c.ci_low, "ci_high": c.ci_high,
-                                      "p_value": c.p_value, "verdict": c.verdict} for c in rows})
+        render.print_json(significance_dict(rows))
         return
-    columns = ["metric", "A", "B", "B - A", "95% interval", "p", "verdict"]
-    render.print_table(f"{b} (B) against {a} (A), {resamples} paired resamples", columns,
-                       [[c.metric, f"{c.a:.4f}", f"{c.b:.4f}", f"{c.diff:+.4f}",
-                         f"[{c.ci_low:+.4f}, {c.ci_high:+.4f}]", f"{c.p_value:.4f}", c.verdict] for c in rows],
-                       right=columns[1:6])
+    render.print_comparisons(f"{b} (B) against {a} (A), {resamples} paired resamples", rows)
 
 
 @eval_app.command()
@@ -143,9 +154,15 @@ def tradeoff(
     precisions: Annotated[str, typer.Option(help="comma-separated")] = "float32,float16,int8,binary,binary+rescore",
     report: Annotated[Path, typer.Option(help="markdown table to write")] = Path("tradeoff.md"),
     plot: Annotated[Path | None, typer.Option(help="PNG plot of quality vs storage")] = Path("tradeoff.png"),
+    seed: SeedOpt = 0,
+    resamples: ResamplesOpt = 10_000,
     as_json: JsonOpt = False,
 ) -> None:
-    """Quality at Matryoshka dims x precision, with bytes per vector, storage per 1M and search latency."""
+    """Quality at Matryoshka dims x precision, with bytes per vector, storage per 1M and search latency.
+
+    Each setting is compared with full-dimension float32 over the task's queries (or pairs): the difference,
+    its paired-bootstrap 95% interval, the permutation p-value and the verdict.
+    """
     from ..errors import InvalidInputError
     from ..evaluation import RetrievalTask, STSTask
     from ..evaluation import tradeoff as tr
@@ -164,7 +181,7 @@ def tradeoff(
             raise InvalidInputError(f"--dims takes positive integers or 'full', got {part!r}")
     enc = load_model(model, backend, device)
     rows = tr.tradeoff(enc, task, dims=cuts, precisions=[p.strip() for p in precisions.split(",")],
-                       show_progress=not as_json)
+                       show_progress=not as_json, resamples=resamples, seed=seed)
     metric = "nDCG@10" if isinstance(task, RetrievalTask) else "Spearman (cosine)"
     n_docs = len(task.corpus) if isinstance(task, RetrievalTask) else len(set(task.sentences1 + task.sentences2))
     title = f"{enc.name} on {task.name}"
@@ -198,10 +215,16 @@ def pipeline(
                                            "against naive concatenation at 1k/2k/4k tokens")] = False,
     late_interaction: Annotated[bool, typer.Option(
         "--late-interaction", help="add dense>maxsim (dense reordered by MaxSim) and hybrid+maxsim (fused)")] = False,
+    seed: SeedOpt = 0,
+    resamples: ResamplesOpt = 10_000,
     as_json: JsonOpt = False,
     output: Annotated[Path | None, typer.Option(help="write the report as JSON")] = None,
 ) -> None:
-    """Evaluate a deployed collection as it is: ANN recall against exact search, and each search mode."""
+    """Evaluate a deployed collection as it is: ANN recall against exact search, and each search mode.
+
+    Each mode is compared with the first (the baseline) over the judged queries: the difference, its
+    paired-bootstrap 95% interval, the permutation p-value and the verdict per metric.
+    """
     from ..evaluation.pipeline import evaluate_pipeline
     from ..store import open_collection
 
@@ -213,7 +236,8 @@ def pipeline(
     with open_collection(collection, store=store, create=False) as c:
         rep = evaluate_pipeline(c, queries, qrels, k=k, modes=[m.strip() for m in modes.split(",")],
                                 reranker=reranker, candidates=candidates, id_field=id_field, limit=limit,
-                                show_progress=not as_json, rag=rag, late_interaction=late_interaction)
+                                show_progress=not as_json, rag=rag, late_interaction=late_interaction,
+                                resamples=resamples, seed=seed)
     data = rep.to_dict()
     if output is not None:
         output.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
@@ -231,6 +255,14 @@ def pipeline(
                          f"{s['latency_p50_ms']:.1f}"])
     render.print_table(f"{collection}: {rep.n_queries} queries; ANN recall@{k} vs exact = {rep.ann_recall:.4f}",
                        columns, rows, right=columns[1:])
+    if rep.significance:
+        cols = ["mode", "metric", "difference", "95% interval", "p", "verdict"]
+        render.print_table(f"each mode (B) against {rep.baseline} (A), {rep.n_queries} queries, {resamples} paired "
+                           "resamples", cols,
+                           [[mode, metric, f"{c['diff']:+.4f}", f"[{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]",
+                             f"{c['p_value']:.4f}", c["verdict"]]
+                            for mode, per in rep.significance.items() for metric, c in per.items()],
+                           right=cols[2:5])
     for mode, parts in (rep.rag or {}).items():
         cols = ["shaping", "mean pairwise cosine (top 10)", "near-duplicate pairs", "nDCG@10"]
         render.print_table(f"{mode}: redundancy of the top 10", cols,

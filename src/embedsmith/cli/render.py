@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     import numpy as np
     from rich.console import Console, RenderableType
 
+    from ..evaluation.stats import Comparison
     from ..ingest import IndexReport
     from ..types import Hits
 
@@ -47,6 +48,16 @@ def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str 
     for row in rows:
         table.add_row(*(escape(cell) if isinstance(cell, str) else cell for cell in row))
     console().print(table)
+
+
+def print_comparisons(title: str, rows: Sequence[Comparison], *, a: str = "A", b: str = "B") -> None:
+    """Per metric: A's and B's value, B - A with its 95% interval, the permutation p-value and the verdict
+    (columns named ``a`` and ``b``, e.g. "before" and "after"; the title says which is A and which B). The
+    one table of every significance report."""
+    columns = ["metric", a, b, "B - A", "95% interval", "p", "verdict"]
+    print_table(title, columns,
+                [[c.metric, f"{c.a:.4f}", f"{c.b:.4f}", f"{c.diff:+.4f}", f"[{c.ci_low:+.4f}, {c.ci_high:+.4f}]",
+                  f"{c.p_value:.4f}", c.verdict] for c in rows], right=columns[1:6])
 
 
 def print_similarity(texts: Sequence[str], matrix: np.ndarray, metric: str, model: str) -> None:

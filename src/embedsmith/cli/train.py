@@ -52,16 +52,25 @@ def _eval_task(path: Path | None, split: str) -> Any:
 
 
 def _print(report: Any, as_json: bool) -> None:
-    from dataclasses import asdict
+    """The report: JSON (with ``significance`` per metric as ``eval compare --json`` gives it), or a line and,
+    after an evaluation, the table of each score before and after with its significance."""
+    from ..training.report import STAGES
 
     if as_json:
-        render.print_json(asdict(report))
+        render.print_json(report.to_dict())
         return
     console = render.console()
     console.print(f"trained {report.base_model} -> {report.output}: {report.loss}, {report.examples} examples, "
                   f"{report.steps} steps in {report.seconds:.0f} s", highlight=False, markup=False)
+    first, second = STAGES[report.kind]
+    judged = [report.significance[k] for k in report.before if k in report.significance]
+    if judged:
+        render.print_comparisons(f"{report.stages[1]} (B) against {report.stages[0]} (A), paired over the "
+                                 "evaluation's items", judged, a=first, b=second)
     for k, v in report.before.items():
-        console.print(f"  {k}: {v:.4f} -> {report.after.get(k, float('nan')):.4f}", highlight=False, markup=False)
+        if k not in report.significance:
+            console.print(f"  {k}: {v:.4f} -> {report.after.get(k, float('nan')):.4f}", highlight=False,
+                          markup=False)
 
 
 def finetune(
@@ -141,12 +150,11 @@ def _finetune_late_interaction(model: str, data: Any, output: Path, *, loss: str
     report = finetune_late_interaction(model, data, output, eval_task=_eval_task(eval_data, eval_split),
                                        show_progress=not as_json, **kwargs)
     _print(report, as_json)
-    if not as_json:
-        for k, v in report.first_stage.items():
-            typer.echo(f"  first stage {k}: {v:.4f}")
-        for name, c in report.comparisons.items():
-            typer.echo(f"  {name}: nDCG@10 {c['diff']:+.4f}, 95% interval [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] "
-                       f"({c['verdict']})")
+    if not as_json and report.first_stage_significance:
+        hp = report.hyperparameters
+        render.print_comparisons(f"trained > MaxSim (B) against the first stage, {hp['first_stage']} top "
+                                 f"{hp['candidates']} (A), paired over the evaluation's queries",
+                                 list(report.first_stage_significance.values()), a="first stage", b="trained > MaxSim")
 
 
 def finetune_reranker(
@@ -224,9 +232,8 @@ def mine_negatives(
     import tempfile
 
     from ..encoders import DEFAULT_MODEL
-    from ..encoders.registry import resolve_device
     from ..errors import InvalidInputError
-    from ..training.fit import _miner, add_hard_negatives, model_folder
+    from ..training.negatives import add_hard_negatives, load_dense_miner
 
     if method not in ("bm25", "dense"):
         raise InvalidInputError(f"unknown mining method {method!r}; expected bm25 or dense")
@@ -238,8 +245,7 @@ def mine_negatives(
         raise InvalidInputError("scored pairs have no positives to mine negatives for")
     if not len(data):
         raise InvalidInputError("no training examples")
-    folder = model_folder(model or DEFAULT_MODEL) if method == "dense" else None
-    encoder = _miner(method, folder, resolve_device(device)) if folder is not None else None
+    encoder = load_dense_miner(model or DEFAULT_MODEL, device) if method == "dense" else None
     mined = add_hard_negatives(data, method=method, per_query=negatives_per_query, corpus=corpus, encoder=encoder,
                                skip_top=skip_top, margin=margin, seed=seed)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
 from .embed import EmbeddingCache
 from .metrics import retrieval_scores
+from .result_cache import ResultCache
 from .results import TaskResult
 from .tasks import (
     TASK_TYPES,
@@ -25,6 +26,7 @@ __all__ = [
     "ClusteringTask",
     "EmbeddingCache",
     "PairClassificationTask",
+    "ResultCache",
     "RetrievalTask",
     "STSTask",
     "Task",

@@ -3,6 +3,10 @@
 Hits are records (often chunks); a hit counts for the document named by its metadata field ``id_field``
 (``doc_id``, which :func:`embedsmith.index_paths` writes) or, without it, for its record id. Each
 document counts once, at its best chunk's rank.
+
+Every mode is compared with the baseline (the first mode that ran) over the judged queries: per metric the
+difference, its paired-bootstrap 95% interval, the permutation p-value and the verdict
+(:func:`~embedsmith.evaluation.compare.compare_items`).
 """
 
 from __future__ import annotations
@@ -20,9 +24,14 @@ from tqdm.auto import tqdm
 from ..errors import EmbedsmithError, InvalidInputError
 from ..io import read_beir_queries, read_qrels
 from ..types import Hits
-from .metrics import retrieval_scores
+from .compare import compare_items, significance_dict
+from .metrics import per_query_scores, retrieval_scores
+from .results import ItemScores, MetricItems
+from .stats import RESAMPLES
 
 MODES = ("dense", "bm25", "hybrid")
+#: the metrics a pipeline report holds per mode, and compares between modes
+METRICS = ("ndcg_at_10", "recall_at_100", "mrr_at_10")
 
 
 @dataclass
@@ -39,10 +48,15 @@ class PipelineReport:
     problems: dict[str, int] = field(default_factory=dict)
     #: with ``rag=True``: mode -> {"redundancy": {shaping: ...}, "context_recall": {budget: {context, naive}}}
     rag: dict[str, dict[str, Any]] | None = None
+    #: the mode every other is compared with (the first that ran), and per other mode and metric the
+    #: comparison (B: the mode, A: the baseline) as ``eval compare --json`` gives it
+    baseline: str | None = None
+    significance: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out = {"collection": self.collection, "n_queries": self.n_queries, "k": self.k,
-               f"ann_recall_at_{self.k}": self.ann_recall, "modes": self.modes, "problems": self.problems}
+               f"ann_recall_at_{self.k}": self.ann_recall, "modes": self.modes, "problems": self.problems,
+               "baseline": self.baseline, "significance": self.significance}
         if self.rag is not None:
             out["rag"] = self.rag
         return out
@@ -71,6 +85,8 @@ def evaluate_pipeline(
     show_progress: bool = False,
     rag: bool = False,
     late_interaction: bool = False,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
 ) -> PipelineReport:
     """Run every judged query through the collection in each mode and score the rankings.
 
@@ -88,6 +104,7 @@ def evaluate_pipeline(
             and the context recall of :meth:`Collection.context` against naive concatenation at 1k/2k/4k tokens.
         late_interaction: add ``dense>maxsim`` (dense candidates reordered by MaxSim) and ``hybrid+maxsim``
             (MaxSim fused with dense and bm25).
+        resamples, seed: of the significance test of each mode against the baseline (the first mode that ran).
     """
     problems: Counter[str] = Counter()
     qmap = dict(queries) if isinstance(queries, dict) else read_beir_queries(queries, problems)
@@ -131,6 +148,7 @@ def evaluate_pipeline(
 
         late = LateInteraction()
     report: dict[str, dict[str, Any]] = {}
+    items: dict[str, ItemScores] = {}
     for mode in all_modes:
         run: dict[str, list[str]] = {}
         times = []
@@ -154,8 +172,14 @@ def evaluate_pipeline(
             report[mode] = {"error": str(exc)}
             continue
         scores = retrieval_scores(judged, run, (10, 100))
-        report[mode] = {"ndcg_at_10": scores["ndcg_at_10"], "recall_at_100": scores["recall_at_100"],
-                        "mrr_at_10": scores["mrr_at_10"], "latency_p50_ms": float(np.median(times) * 1000)}
+        report[mode] = {**{m: scores[m] for m in METRICS}, "latency_p50_ms": float(np.median(times) * 1000)}
+        ids, per = per_query_scores(judged, run, (10, 100))
+        items[mode] = ItemScores(ids, {m: MetricItems("mean", np.asarray(per[m])) for m in METRICS})
+    baseline = next(iter(items), None)
+    significance = {mode: significance_dict(compare_items(items[baseline], it, metrics=METRICS,
+                                                          resamples=resamples, seed=seed))
+                    for mode, it in items.items()
+                    if baseline is not None and mode != baseline and len(qids) > 1}  # one query: nothing to resample
     extra = None
     if rag:
         from .rag import context_recall, redundancy
@@ -164,4 +188,5 @@ def evaluate_pipeline(
         extra = {m: {"redundancy": redundancy(collection, asked, judged, mode=m, id_field=id_field),
                      "context_recall": context_recall(collection, asked, judged, mode=m, id_field=id_field)}
                  for m in modes if m in ("dense", "hybrid") and "error" not in report.get(m, {})}
-    return PipelineReport(collection.name, len(qids), k, float(np.mean(overlap)), report, dict(problems), extra)
+    return PipelineReport(collection.name, len(qids), k, float(np.mean(overlap)), report, dict(problems), extra,
+                          baseline, significance)

@@ -4,7 +4,9 @@ For each Matryoshka cut (first ``dims`` dimensions, renormalised) and each preci
 on vectors as a store keeps them (see :func:`~embedsmith.evaluation.embed.apply_setting`), and a flat
 faiss index of that precision is timed answering one query at a time (k=10). ``binary+rescore`` is the
 store's funnel: Hamming search for 10x the hits, then the shortlist rescored with full float32 vectors.
-Vectors are encoded once per run; every row reuses them.
+Vectors are encoded once per run; every row reuses them. Each row is compared with full-dimension float32
+vectors over the task's queries (or pairs): the difference, its paired-bootstrap 95% interval, the
+permutation p-value and the verdict (:func:`~embedsmith.evaluation.compare.compare_items`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ import numpy as np
 
 from ..errors import InvalidInputError, require
 from ..quantization import quantize, truncate_dims
+from .compare import compare_items
 from .embed import EmbeddingCache, apply_setting, bytes_per_vector, cosine_matrix, top_indices
+from .results import ItemScores
+from .stats import RESAMPLES, Comparison
 from .tasks import RetrievalTask, STSTask
 
 PRECISIONS = ("float32", "float16", "int8", "binary", "binary+rescore")
@@ -29,12 +34,19 @@ RESCORE_FACTOR = 10
 
 @dataclass(frozen=True)
 class TradeoffRow:
+    """One setting: its score, size and latency, and (``comparison``) the setting (B) against full-dimension
+    float32 vectors (A) over the task's items; None for the full float32 row itself."""
+
     dims: int
     precision: str
     score: float
     bytes_per_vector: int
     storage_per_million: int
     latency_ms: float | None
+    comparison: Comparison | None = None
+
+#: what a row's score function returns: the score and its per-item data
+Scored = tuple[float, ItemScores]
 
 
 def _human(n: float) -> str:
@@ -93,8 +105,11 @@ def tradeoff(
     cache: EmbeddingCache | None = None,
     latency_queries: int = 200,
     show_progress: bool = False,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
 ) -> list[TradeoffRow]:
-    """Score ``task`` at every (dims, precision) pair.
+    """Score ``task`` at every (dims, precision) pair, each compared with full-dimension float32 vectors
+    (``resamples`` paired resamples with ``seed``; see :mod:`~embedsmith.evaluation.stats`).
 
     Returns:
         Rows in the order of ``dims`` then ``precisions``; ``dims=None`` means the full dimension. The score
@@ -106,20 +121,36 @@ def tradeoff(
         if p not in PRECISIONS:
             raise InvalidInputError(f"unknown precision {p!r}; expected one of {', '.join(PRECISIONS)}")
     cache = cache or EmbeddingCache(show_progress=show_progress)
+    judge = _Judge(resamples, seed)
     if isinstance(task, RetrievalTask):
-        return _retrieval_rows(encoder, task, dims, precisions, cache, latency_queries)
-    return _sts_rows(encoder, task, dims, precisions, cache, latency_queries)
+        return _retrieval_rows(encoder, task, dims, precisions, cache, latency_queries, judge)
+    return _sts_rows(encoder, task, dims, precisions, cache, latency_queries, judge)
+
+
+@dataclass(frozen=True)
+class _Judge:
+    resamples: int
+    seed: int
+
+    def __call__(self, reference: ItemScores, row: ItemScores) -> Comparison | None:
+        if len(reference.ids) < 2:  # one query: nothing to resample
+            return None
+        (c,) = compare_items(reference, row, metrics=["main_score"], resamples=self.resamples, seed=self.seed)
+        return c
 
 
 def _retrieval_rows(encoder: Any, task: RetrievalTask, dims: Sequence[int | None], precisions: Sequence[str],
-                    cache: EmbeddingCache, latency_queries: int) -> list[TradeoffRow]:
+                    cache: EmbeddingCache, latency_queries: int, judge: _Judge) -> list[TradeoffRow]:
     qids, full_q, dids, full_d = task.encode(lambda texts, kind: cache.encode(encoder, texts, kind=kind))
     pos = {did: i for i, did in enumerate(dids)}
 
-    def score(cut_q: np.ndarray, cut_d: np.ndarray, precision: str) -> float:
+    def scored(run: dict[str, list[str]]) -> Scored:
+        return task.score_run(run)["main_score"], task.items_of_run(run)
+
+    def score(cut_q: np.ndarray, cut_d: np.ndarray, precision: str) -> Scored:
         if precision != "binary+rescore":
-            return task.score_run(task.rank(qids, apply_setting(cut_q, precision=precision), dids,
-                                            apply_setting(cut_d, precision=precision)))["main_score"]
+            return scored(task.rank(qids, apply_setting(cut_q, precision=precision), dids,
+                                    apply_setting(cut_d, precision=precision)))
         short = task.rank(qids, apply_setting(cut_q, precision="binary"), dids,
                           apply_setting(cut_d, precision="binary"), k=max(task.ks) * RESCORE_FACTOR)
         run = {}
@@ -127,28 +158,30 @@ def _retrieval_rows(encoder: Any, task: RetrievalTask, dims: Sequence[int | None
             cand = np.array([pos[x] for x in short[qid]])
             sims = cosine_matrix(full_q[qi : qi + 1], full_d[cand])
             run[qid] = [dids[cand[j]] for j in top_indices(sims, max(task.ks))[0]]
-        return task.score_run(run)["main_score"]
+        return scored(run)
 
-    return _rows(full_q, full_d, dims, precisions, score, latency_queries)
+    return _rows(full_q, full_d, dims, precisions, score, latency_queries, judge)
 
 
 def _sts_rows(encoder: Any, task: STSTask, dims: Sequence[int | None], precisions: Sequence[str],
-              cache: EmbeddingCache, latency_queries: int) -> list[TradeoffRow]:
+              cache: EmbeddingCache, latency_queries: int, judge: _Judge) -> list[TradeoffRow]:
     a = cache.encode(encoder, task.sentences1)
     b = cache.encode(encoder, task.sentences2)
     pool = cache.encode(encoder, list(dict.fromkeys(task.sentences1 + task.sentences2)))
 
-    def score(cut_q: np.ndarray, cut_d: np.ndarray, precision: str) -> float:
+    def score(cut_q: np.ndarray, cut_d: np.ndarray, precision: str) -> Scored:
         nd = cut_q.shape[1]
         va, vb = apply_setting(a, dims=nd, precision=precision), apply_setting(b, dims=nd, precision=precision)
-        return task.score_vectors(va, vb)["main_score"]
+        return task.score_vectors(va, vb)["main_score"], task.items_of_vectors(va, vb)
 
-    return _rows(a, pool, dims, [p for p in precisions if p != "binary+rescore"], score, latency_queries)
+    return _rows(a, pool, dims, [p for p in precisions if p != "binary+rescore"], score, latency_queries, judge)
 
 
 def _rows(full_q: np.ndarray, full_d: np.ndarray, dims: Sequence[int | None], precisions: Sequence[str],
-          score: Callable[[np.ndarray, np.ndarray, str], float], latency_queries: int) -> list[TradeoffRow]:
+          score: Callable[[np.ndarray, np.ndarray, str], Scored], latency_queries: int,
+          judge: _Judge) -> list[TradeoffRow]:
     full_dim = full_d.shape[1]
+    _, reference = score(full_q, full_d, "float32")
     rows: list[TradeoffRow] = []
     for d in dims:
         nd = full_dim if d is None else d
@@ -158,7 +191,9 @@ def _rows(full_q: np.ndarray, full_d: np.ndarray, dims: Sequence[int | None], pr
         for p in precisions:
             bpv = bytes_per_vector(nd, p.split("+")[0])
             latency = _latency_ms(cut_q, cut_d, full_d, full_q, p, latency_queries) if latency_queries else None
-            rows.append(TradeoffRow(nd, p, float(score(cut_q, cut_d, p)), bpv, bpv * 1_000_000, latency))
+            value, items = score(cut_q, cut_d, p)
+            judged = None if (nd, p) == (full_dim, "float32") else judge(reference, items)
+            rows.append(TradeoffRow(nd, p, float(value), bpv, bpv * 1_000_000, latency, judged))
     return rows
 
 
@@ -171,13 +206,20 @@ def to_markdown(rows: Sequence[TradeoffRow], *, title: str, metric: str, n_docs:
         "Storage counts the index's vector codes only; with `binary+rescore` the store also keeps float32 "
         "vectors on disk for the rescoring step.",
         "",
-        f"| dims | precision | {metric} | vs best | bytes/vector | storage per 1M | latency/query (ms) |",
-        "|---:|---|---:|---:|---:|---:|---:|",
+        "Difference: the setting minus full-dimension float32, with its paired-bootstrap 95% interval and "
+        "permutation p-value over the task's items (B: the setting, A: full float32).",
+        "",
+        f"| dims | precision | {metric} | vs best | difference [95% interval] | p | verdict | bytes/vector "
+        "| storage per 1M | latency/query (ms) |",
+        "|---:|---|---:|---:|---|---:|---|---:|---:|---:|",
     ]
     for r in rows:
         lat = f"{r.latency_ms:.3f}" if r.latency_ms is not None else "-"
-        lines.append(f"| {r.dims} | {r.precision} | {r.score:.4f} | {r.score / best:.1%} | {r.bytes_per_vector} | "
-                     f"{_human(r.storage_per_million)} | {lat} |")
+        c = r.comparison
+        judged = (f"{c.diff:+.4f} [{c.ci_low:+.4f}, {c.ci_high:+.4f}] | {c.p_value:.4f} | {c.verdict}"
+                  if c is not None else "reference | - | -")
+        lines.append(f"| {r.dims} | {r.precision} | {r.score:.4f} | {r.score / best:.1%} | {judged} | "
+                     f"{r.bytes_per_vector} | {_human(r.storage_per_million)} | {lat} |")
     return "\n".join(lines) + "\n"
 
 
@@ -209,4 +251,14 @@ def plot(rows: Sequence[TradeoffRow], path: str | Path, *, title: str, metric: s
 
 
 def rows_to_dicts(rows: Sequence[TradeoffRow]) -> list[dict[str, Any]]:
-    return [asdict(r) for r in rows]
+    """Rows as JSON-ready dicts; each setting's ``significance`` against full float32 as ``eval compare
+    --json`` gives a metric (None for the full float32 row)."""
+    from .compare import significance_dict
+
+    out = []
+    for r in rows:
+        d = asdict(r)
+        d.pop("comparison")
+        d["significance"] = significance_dict([r.comparison])[r.comparison.metric] if r.comparison else None
+        out.append(d)
+    return out

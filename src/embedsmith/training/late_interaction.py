@@ -15,34 +15,45 @@ MaxSim) with ``MultiVectorEncoderTrainer``; the output is a ``MultiVectorEncoder
 
 from __future__ import annotations
 
-import json
 import random
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import InvalidInputError, require
+from ..evaluation.stats import Comparison
 from .data import TrainingData
-from .fit import FinetuneReport, add_hard_negatives, model_folder
+from .models import model_folder
+from .negatives import add_hard_negatives
+from .report import FinetuneReport, write_card
 
 #: nDCG@10 and the usual columns of a reranked run, reported before and after.
 METRICS = ("ndcg_at_10", "mrr_at_10", "recall_at_100")
+#: the metrics compared with paired resampling (recall@100 is the first stage's, the same before and after)
+JUDGED = ("ndcg_at_10", "mrr_at_10")
 
 
 @dataclass
 class LateInteractionReport(FinetuneReport):
-    """A late-interaction fine-tune: ``before``/``after`` are the first stage's top ``candidates`` reordered by
-    MaxSim with the untrained start and the trained model; ``first_stage`` scores that top N as it came;
-    ``comparisons`` holds paired-bootstrap intervals of per-query nDCG@10 (``after vs before`` and
-    ``after vs first stage``, B = after), as :meth:`~embedsmith.evaluation.stats.Comparison.to_dict`."""
+    """A late-interaction fine-tune (``kind="late-interaction"``): ``before``/``after`` are the first stage's top
+    ``candidates`` reordered by MaxSim with the untrained start and with the trained model, ``significance``
+    the trained model against its start; ``first_stage`` scores the top N as it came, and
+    ``first_stage_significance`` the trained model's reordering against it (B = trained, paired over the
+    evaluation's queries)."""
 
     first_stage: dict[str, float] = field(default_factory=dict)
-    comparisons: dict[str, dict[str, Any]] = field(default_factory=dict)
+    first_stage_significance: dict[str, Comparison] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        from ..evaluation.compare import significance_dict
+
+        return {**super().to_dict(),
+                "first_stage_significance": significance_dict(list(self.first_stage_significance.values()))}
 
 
 def maxsim_run(task: Any, first: dict[str, list[str]], encoder: Any, *, batch_size: int = 32,
@@ -77,11 +88,18 @@ def _first_stage_run(task: Any, encoder: Any, k: int) -> dict[str, list[str]]:
     return task.rank(*task.encode(embed), k=k)
 
 
-def _scores(task: Any, run: dict[str, list[str]]) -> tuple[dict[str, float], np.ndarray]:
-    """The run's metrics and its per-query nDCG@10, in ``task.qrels`` order."""
+def _scores(task: Any, run: dict[str, list[str]]) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """The run's metrics and, for :data:`JUDGED`, its per-query scores in ``task.qrels`` order."""
     agg = task.score_run(run)
-    per = task.items_of_run(run).metrics["main_score"].rows
-    return {k: float(agg[k]) for k in METRICS if k in agg}, np.asarray(per, np.float64)
+    items = task.items_of_run(run).metrics
+    return ({k: float(agg[k]) for k in METRICS if k in agg},
+            {k: np.asarray(items[k].rows, np.float64) for k in JUDGED if k in items})
+
+
+def _compare(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, Comparison]:
+    from ..evaluation.stats import paired_bootstrap
+
+    return {k: paired_bootstrap(a[k], b[k], metric=k) for k in JUDGED if k in a and k in b and len(a[k]) >= 2}
 
 
 def _start_model(folder: Path, token_dim: int | None, device: str) -> Any:
@@ -125,31 +143,20 @@ def _dataset(data: TrainingData) -> Any:
 
 
 def _write_card(output: Path, report: LateInteractionReport) -> None:
-    candidates = report.hyperparameters.get("candidates")
-    lines = [
-        "# Late-interaction model fine-tuned with embedsmith",
-        "",
-        f"- base model: `{report.base_model}`",
-        f"- data: {report.data} ({report.examples} examples)",
-        f"- loss: `{report.loss}`",
-        f"- steps: {report.steps}, training time {report.seconds:.0f} s",
-        "- hyperparameters: " + ", ".join(f"{k}={v}" for k, v in report.hyperparameters.items()),
-        "",
-        "Load it with `embedsmith.load_encoder(path)`; rerank with `--rerank maxsim:PATH`.",
-    ]
-    if report.before:
-        lines += ["", f"| metric | first stage (top {candidates}) | > MaxSim, untrained | > MaxSim, trained |",
-                  "|---|---:|---:|---:|"]
-        for k in report.before:
-            lines.append(f"| {k} | {report.first_stage.get(k, float('nan')):.4f} | {report.before[k]:.4f} | "
-                         f"{report.after.get(k, float('nan')):.4f} |")
-        for name, c in report.comparisons.items():
-            lines.append(f"\n{name}: nDCG@10 {c['diff']:+.4f}, 95% interval [{c['ci_low']:+.4f}, "
-                         f"{c['ci_high']:+.4f}] over {c['n']} queries ({c['verdict']})")
+    """The shared card (untrained against trained, with significance), after lines on loading the model and on
+    the first stage it reorders."""
+    lines = ["Load it with `embedsmith.load_encoder(path)`; rerank with `--rerank maxsim:PATH`."]
+    if report.first_stage:
+        lines += ["", f"First stage: {report.hyperparameters.get('first_stage')}, top "
+                      f"{report.hyperparameters.get('candidates')}: "
+                      + ", ".join(f"{k} {v:.4f}" for k, v in report.first_stage.items())]
+        for c in report.first_stage_significance.values():
+            lines.append(f"- trained > MaxSim against the first stage, {c.metric}: {c.diff:+.4f} "
+                         f"[{c.ci_low:+.4f}, {c.ci_high:+.4f}], p = {c.p_value:.4f} ({c.verdict})")
     card = output / "README.md"
     previous = card.read_text(encoding="utf-8") if card.is_file() else ""
     card.write_text("\n".join(lines) + "\n\n" + previous, encoding="utf-8")
-    (output / "embedsmith_training.json").write_text(json.dumps(asdict(report), indent=2) + "\n", encoding="utf-8")
+    write_card(output, report)  # prepends the training record above these lines
 
 
 def finetune_late_interaction(
@@ -212,7 +219,6 @@ def finetune_late_interaction(
     from ..encoders.multi_vector import MultiVectorTorchEncoder, is_multi_vector_folder
     from ..encoders.registry import resolve_device
     from ..evaluation import RetrievalTask
-    from ..evaluation.stats import paired_bootstrap
 
     if hard_negatives not in ("none", "bm25", "dense"):
         raise InvalidInputError(f"hard negatives must be none, bm25 or dense, got {hard_negatives!r}")
@@ -248,7 +254,8 @@ def finetune_late_interaction(
     first: dict[str, list[str]] = {}
     first_scores: dict[str, float] = {}
     before: dict[str, float] = {}
-    per_first = per_before = np.zeros(0)
+    per_first: dict[str, np.ndarray] = {}
+    per_before: dict[str, np.ndarray] = {}
     if eval_task is not None:
         first = _first_stage_run(eval_task, retriever, candidates)
         first_scores, per_first = _scores(eval_task, first)
@@ -277,16 +284,15 @@ def finetune_late_interaction(
         seconds = time.perf_counter() - began
     st.save(str(out))
     after: dict[str, float] = {}
-    comparisons: dict[str, dict[str, Any]] = {}
+    significance: dict[str, Comparison] = {}
+    against_first: dict[str, Comparison] = {}
     if eval_task is not None:
         trained = load_encoder(out, device=dev)  # by path, as users will load it
         after, per_after = _scores(eval_task, maxsim_run(eval_task, first, trained, show_progress=show_progress))
-        comparisons = {
-            "after vs before": paired_bootstrap(per_before, per_after, metric="ndcg_at_10").to_dict(),
-            "after vs first stage": paired_bootstrap(per_first, per_after, metric="ndcg_at_10").to_dict(),
-        }
+        significance, against_first = _compare(per_before, per_after), _compare(per_first, per_after)
     report = LateInteractionReport(
-        output=str(out), base_model=str(model), loss=f"multi-vector mnrl (MaxSim, scale {scale})",
+        output=str(out), base_model=str(model), kind="late-interaction",
+        loss=f"multi-vector mnrl (MaxSim, scale {scale})",
         examples=len(dataset), steps=int(state.global_step), seconds=seconds,
         hyperparameters={"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
                          "token_dim": token_dim or int(st.get_embedding_dimension() or 0),
@@ -294,7 +300,8 @@ def finetune_late_interaction(
                          "negatives_per_query": negatives_per_query, "skip_top": skip_top, "max_steps": max_steps,
                          "max_seq_length": max_seq_length, "first_stage": retriever_name,
                          "candidates": candidates, "device": dev},
-        data=data.source, before=before, after=after, first_stage=first_scores, comparisons=comparisons)
+        data=data.source, before=before, after=after, significance=significance, first_stage=first_scores,
+        first_stage_significance=against_first)
     _write_card(out, report)
     return report
 

@@ -15,6 +15,7 @@ import numpy as np
 from ...errors import InvalidInputError, require
 from ...types import Precision, parse_enum
 from ..embed import EmbeddingCache, apply_setting, model_name, model_revision
+from ..result_cache import ResultCache, result_key
 from ..results import ItemScores, TaskResult
 
 Embed = Callable[[Sequence[str], str | None], np.ndarray]
@@ -103,6 +104,7 @@ class Task(ABC):
         precision: str | Precision = Precision.FLOAT32,
         cache: EmbeddingCache | None = None,
         show_progress: bool = False,
+        result_cache: ResultCache | None = None,
     ) -> TaskResult:
         """Score ``encoder`` (anything with an ``encode(list[str])`` method) on this task.
 
@@ -110,8 +112,22 @@ class Task(ABC):
             dims: keep the first ``dims`` dimensions of every vector (renormalised), as a store would.
             precision: score vectors as stored in float32, float16, int8 or binary.
             cache: share vectors between calls (other tasks, settings or modes) in one run.
+            result_cache: read the stored result of the same encoder, data and setting from it (the result's
+                ``cached`` is then True), or store the one computed; encoders without a fingerprint skip it.
         """
         p = parse_enum(Precision, precision, "precision")
+        key = result_key(self, encoder, dims=dims, precision=p) if result_cache is not None else None
+        if result_cache is not None and key is not None:
+            stored = result_cache.get(key)
+            if stored is not None:
+                return stored
+        result = self._score(encoder, dims, p, cache, show_progress)
+        if result_cache is not None and key is not None:
+            result_cache.put(key, result)
+        return result
+
+    def _score(self, encoder: Any, dims: int | None, p: Precision, cache: EmbeddingCache | None,
+               show_progress: bool) -> TaskResult:
         cache = cache or EmbeddingCache(show_progress=show_progress)
         encoded_before = cache.encode_seconds
         start = time.perf_counter()

@@ -109,11 +109,15 @@ class ClassificationTask(Task):
         per: defaultdict[str, list[float]] = defaultdict(list)
         y_test = self.test_labels
         correct = np.zeros(len(y_test))
+        label_id = {lbl: i for i, lbl in enumerate(sorted(set(self.train_labels) | set(y_test)))}
+        gold = np.array([label_id[lbl] for lbl in y_test], np.float64)
+        predictions = []
         for chosen in undersample(self.train_labels, self.samples_per_label, self.n_experiments, self.seed):
             model = sk.linear_model.LogisticRegression(max_iter=100, random_state=self.seed)
             model.fit(train[chosen], [self.train_labels[i] for i in chosen])
             pred = model.predict(test)
             correct += np.asarray(pred) == np.asarray(y_test)
+            predictions.append([label_id[str(lbl)] for lbl in pred])
             per["accuracy"].append(metrics.accuracy_score(y_test, pred))
             per["f1"].append(metrics.f1_score(y_test, pred, average="macro"))
             per["f1_weighted"].append(metrics.f1_score(y_test, pred, average="weighted"))
@@ -124,9 +128,13 @@ class ClassificationTask(Task):
         out["knn_accuracy"] = float(metrics.accuracy_score(y_test, knn))
         out["knn_f1"] = float(metrics.f1_score(y_test, knn, average="macro"))
         out["main_score"] = out["accuracy"]
-        # Per text: the share of experiments that labelled it right (its mean is the accuracy), and kNN's.
+        # Per text: the share of experiments that labelled it right (its mean is the accuracy), and kNN's; for
+        # macro F1, the gold label and each experiment's prediction (F1 is recomputed per resample of texts).
         accuracy = MetricItems("mean", correct / max(self.n_experiments, 1))
+        knn_ids = np.array([label_id[lbl] for lbl in knn], np.float64)
         items = ItemScores([str(i) for i in range(len(y_test))], {
             "main_score": accuracy, "accuracy": accuracy,
-            "knn_accuracy": MetricItems("mean", (np.asarray(knn) == np.asarray(y_test)).astype(np.float64))})
+            "f1": MetricItems("macro_f1", np.column_stack([gold, *np.asarray(predictions, np.float64)])),
+            "knn_accuracy": MetricItems("mean", (np.asarray(knn) == np.asarray(y_test)).astype(np.float64)),
+            "knn_f1": MetricItems("macro_f1", np.column_stack([gold, knn_ids]))})
         return out, items

@@ -133,10 +133,14 @@ class PairClassificationTask(Task):
         for metric, values in best.items():
             out[f"max_{metric}"] = max(values)
         out["main_score"] = out["max_ap"]
-        # Per pair: each measure's score (higher = more alike) and the label; AP is recomputed per resample.
+        # Per pair: each measure's score (higher = more alike) and the label; AP and the thresholds' best
+        # accuracy and F1 are recomputed per resample.
         rows = np.stack([s * (1 if higher else -1) for s, higher in measures.values()] + [y.astype(np.float64)], 1)
         best_ap = MetricItems("max_average_precision", rows)
+        cosine = rows[:, [0, -1]]
         items = ItemScores([str(i) for i in range(len(y))], {
             "main_score": best_ap, "max_ap": best_ap,
-            "cosine_ap": MetricItems("average_precision", rows[:, [0, -1]])})
+            "max_accuracy": MetricItems("best_accuracy", rows), "max_f1": MetricItems("best_f1", rows),
+            "cosine_ap": MetricItems("average_precision", cosine),
+            "cosine_accuracy": MetricItems("best_accuracy", cosine), "cosine_f1": MetricItems("best_f1", cosine)})
         return out, items

@@ -3,17 +3,27 @@
 BM25 (bm25s, Lucene-style with English stemming) or a dense encoder ranks the corpus for each query; the
 top candidates that are not positives become negatives. A guard against false negatives (relevant but
 unjudged documents) skips candidates that score too close to the query's own positive.
+
+:func:`mine_hard_negatives` works on indices; :func:`add_hard_negatives` adds negatives to
+:class:`~embedsmith.training.TrainingData` (never the document a pair was cut from, topped up with random
+documents); :func:`load_dense_miner` loads the model that dense mining ranks with.
 """
 
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import InvalidInputError, require
+from .data import TrainingData
+from .models import load_bi_encoder, model_folder
+
+METHODS = ("bm25", "dense")
 
 
 def _bm25(queries: Sequence[str], corpus: Sequence[str], k: int,
@@ -70,7 +80,7 @@ def mine_hard_negatives(
     Returns:
         One list of corpus indices per query (possibly shorter than ``k``).
     """
-    if method not in ("bm25", "dense"):
+    if method not in METHODS:
         raise InvalidInputError(f"unknown mining method {method!r}; expected 'bm25' or 'dense'")
     if len(positives) != len(queries):
         raise InvalidInputError(f"{len(queries)} queries but {len(positives)} positive lists")
@@ -117,4 +127,70 @@ def mine_hard_negatives(
             if len(chosen) == k:
                 break
         out.append(chosen)
+    return out
+
+
+def load_dense_miner(model: str | Path, device: str = "auto") -> Any:
+    """The encoder dense mining ranks with: ``model`` (an alias such as minilm, or a sentence-transformers
+    folder) on torch, on ``device`` (auto | cpu | cuda)."""
+    from ..encoders.registry import resolve_device
+
+    return load_bi_encoder(model_folder(model), resolve_device(device))
+
+
+def same_document(candidate: str, anchor: str, positives: Sequence[str]) -> bool:
+    """True when the candidate holds the anchor or a positive verbatim, or a positive holds it."""
+    c = " ".join(candidate.split())
+    if " ".join(anchor.split()) in c:
+        return True
+    return any((q := " ".join(p.split())) in c or c in q for p in positives)
+
+
+def random_documents(rng: random.Random, docs: Sequence[str], anchor: str, positives: Sequence[str],
+                     taken: Sequence[str], n: int) -> list[str]:
+    """Up to ``n`` random documents that are not a positive of ``anchor``, not in ``taken``, and not the
+    document the anchor or a positive was cut from."""
+    out: list[str] = []
+    for _ in range(20 * n):
+        if len(out) >= n:
+            break
+        cand = docs[rng.randrange(len(docs))]
+        if cand not in positives and cand not in taken and cand not in out \
+                and not same_document(cand, anchor, positives):
+            out.append(cand)
+    return out
+
+
+def add_hard_negatives(data: TrainingData, *, method: str, per_query: int, corpus: Sequence[str] = (),
+                       encoder: Any = None, skip_top: int = 0, margin: float | None = None,
+                       seed: int = 42) -> TrainingData:
+    """Mine ``per_query`` negatives for every anchor from its positives plus ``corpus``; rows that get
+    fewer are topped up with random documents. Never a positive of that anchor, nor a document holding the
+    anchor or a positive verbatim (the source of an inverse-cloze sentence or of a title). ``skip_top``
+    and ``margin`` are :func:`mine_hard_negatives`' false-negative guards; dense mining needs ``encoder``
+    (see :func:`load_dense_miner`)."""
+    if per_query < 1:
+        raise InvalidInputError(f"negatives per query must be >= 1, got {per_query}")
+    docs = list(dict.fromkeys([*corpus, *data.positives]))
+    index = {d: i for i, d in enumerate(docs)}
+    groups: dict[str, set[int]] = {}
+    for a, p in zip(data.anchors, data.positives, strict=True):
+        groups.setdefault(a, set()).add(index[p])
+    anchors = list(groups)
+    # Mine more than needed: candidates that contain the anchor or a positive verbatim (the full document
+    # an inverse-cloze sentence or a title was cut from) are the same document, not negatives.
+    mined = mine_hard_negatives(anchors, docs, [sorted(groups[a]) for a in anchors], method=method,
+                                k=per_query * 3 + 5, skip_top=skip_top, margin=margin, encoder=encoder)
+    by_anchor = {}
+    for a, cands in zip(anchors, mined, strict=True):
+        own = [docs[i] for i in groups[a]]
+        keep = [i for i in cands if not same_document(docs[i], a, own)]
+        by_anchor[a] = keep[:per_query]
+    rng = random.Random(seed)
+    out = TrainingData(source=f"{data.source} + {method} negatives")
+    for a, p in zip(data.anchors, data.positives, strict=True):
+        negs = [docs[i] for i in by_anchor[a]]
+        own = [docs[i] for i in groups[a]]  # top up with random documents that are not this one's
+        negs += random_documents(rng, docs, a, own, negs, per_query - len(negs))
+        out.add(a, p, negs[:per_query])
     return out
