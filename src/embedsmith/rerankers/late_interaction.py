@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 SOURCES = ("stored", "on-the-fly")
 PRECISIONS = ("float32", "float16", "int8", "binary")
+#: The codec of ``late_interaction=True`` (benchmarks/README.md, "Late interaction": quality and bytes per codec).
+DEFAULT_PRECISION = "int8"
 #: Tokens a PCA is fitted on: at most this many, drawn evenly from the first documents written.
 PCA_SAMPLE = 50_000
 
@@ -245,4 +247,4 @@ class LateInteraction:
         return f"LateInteraction(source={self.source!r})"
 
 
-__all__ = ["PRECISIONS", "SOURCES", "LateInteraction", "TokenCodec", "maxsim"]
+__all__ = ["DEFAULT_PRECISION", "PRECISIONS", "SOURCES", "LateInteraction", "TokenCodec", "maxsim"]
