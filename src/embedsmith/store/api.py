@@ -94,7 +94,7 @@ def open_collection(
         pool_size: (PostgreSQL) connections in the collection's pool.
         late_interaction: store each record's token vectors with it, for late interaction (MaxSim) without
             encoding candidates per search: True (the default codec, ``DEFAULT_PRECISION``), a precision
-            (float32 | float16 | int8 | int4 | binary) or ``{"precision": ..., "dims": N}`` (a PCA to N dims,
+            (float32 | float16 | int8 | int2 | binary) or ``{"precision": ..., "dims": N}`` (a PCA to N dims,
             fitted on the first write). Fixed at creation; on an existing collection True asks that it has
             them and a precision or mapping that it has that codec (None or False: no request). Embedded
             (folder) stores only: PostgreSQL refuses it.
