@@ -405,7 +405,8 @@ def reembed(
     report = reembed_collection(collection, to, load_model(model, backend), store=store, show_progress=True,
                                 vector_cache=VectorCache() if vector_cache else None)
     print(f"{to}: {report['count']} records ({report['model']}, dim {report['dim']})"
-          + (f", resumed after {report['resumed_after']}" if report["resumed"] else ""))
+          + (f", resumed after {report['resumed_after']}" if report["resumed"] else "")
+          + (f"; token vectors {report['late_interaction']}" if report.get("late_interaction") else ""))
 
 
 def migrate(

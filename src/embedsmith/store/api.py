@@ -238,7 +238,8 @@ def reembed_collection(
 
     Returns:
         ``{"name", "target_name", "count", "resumed", "resumed_after", "model", "dim"}``: ``resumed`` when an
-        interrupted run was continued, ``resumed_after`` the number of records it had copied.
+        interrupted run was continued, ``resumed_after`` the number of records it had copied; from a source with
+        token vectors, ``late_interaction``: 'recomputed', or why they were dropped.
 
     Raises:
         CollectionNotFoundError: no source collection.
@@ -289,9 +290,11 @@ def reembed_collection(
                         dst.upsert(todo)
                     bar.update(len(todo))
             dst.set_notes(**{REEMBED_NOTE: None})
-            return {"name": name, "target_name": target, "count": dst.count(), "resumed": resuming,
-                    "resumed_after": len(done), "model": dst.settings.model, "dim": dst.dim,
-                    "late_interaction": late_note or ("recomputed" if late is not None else None)}
+            out: dict[str, Any] = {"name": name, "target_name": target, "count": dst.count(), "resumed": resuming,
+                                   "resumed_after": len(done), "model": dst.settings.model, "dim": dst.dim}
+            if s.late is not None:  # what became of the source's token vectors
+                out["late_interaction"] = late_note or "recomputed"
+            return out
 
 
 def snapshot_collection(name: str, path: str | os.PathLike[str], *,
