@@ -8,8 +8,9 @@ own last hidden states reorder its dense top 100 on Cranfield dev from nDCG@10 0
 Document token vectors come from one of two places:
 
 - ``stored``: written with the collection at index time (``late_interaction=True`` at creation), in a
-  :class:`TokenCodec`'s compact form (float16, int8 or binary, optionally reduced by a PCA fitted on the
-  collection's first documents). Reranking 100 candidates then reads their blobs and multiplies.
+  :class:`TokenCodec`'s compact form (int2 by default; float16, int8 or binary; optionally reduced by a PCA
+  fitted on the collection's first documents), special tokens included. Reranking 100 candidates then reads
+  their blobs in one query and multiplies.
 - ``on-the-fly``: the candidates' texts are encoded per search (no storage, one forward pass per search).
 
 sentence-transformers 6 has a ``MultiVectorEncoder`` and PyLate a ColBERT model, but both score with torch over
@@ -195,7 +196,8 @@ class LateInteraction:
         encoder: what makes the token vectors: None (the collection's own encoder), an encoder, or a name.
         source: 'auto' (the collection's stored token vectors when it has them, else on the fly),
             'stored' (an error when the collection has none) or 'on-the-fly'.
-        special_tokens: score with the query's [CLS]/[SEP] (and, on the fly, the documents').
+        special_tokens: score with the query's [CLS]/[SEP] (and, on the fly, the documents'; stored token
+            vectors always hold them).
     """
 
     name = "maxsim"

@@ -462,7 +462,8 @@ class SqliteCollection(Collection):
 
     def _write_codec(self, db: sqlite3.Connection, tokens: Sequence[np.ndarray] | None) -> Any:
         """Inside the write transaction: the collection's codec, its PCA fitted now (on this first write's
-        tokens) and recorded when it has none yet."""
+        tokens) and recorded when it has none yet. The caller keeps it (``self._codec``) once it committed: a
+        fit rolled back with its write must not be used by the next one."""
         if self._codec is not None:
             return self._codec
         codec = super()._token_codec()
@@ -476,7 +477,6 @@ class SqliteCollection(Collection):
                     "larger first batch")
             codec = codec.fit(np.concatenate(have))
         db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('late_codec', ?)", (json.dumps(codec.to_dict()),))
-        self._codec = codec
         return codec
 
     def _adopt_codec(self, codec: Any) -> None:
@@ -534,6 +534,7 @@ class SqliteCollection(Collection):
             raise InvalidInputError(f"collection {self.name!r} stores token vectors; none were given")
         with self._lock:
             replaced: list[int] = []
+            codec = None
             with self._write() as db:
                 if replace:
                     for part in _chunks(ids):
@@ -557,6 +558,8 @@ class SqliteCollection(Collection):
                     db.executemany("INSERT INTO tokens(seq, n, vectors) VALUES (?, ?, ?)",
                                    ((first + i, b[0], b[1]) for i, b in enumerate(blobs) if b is not None))
             # Committed. The index was caught up inside the transaction, so these rows come next.
+            if codec is not None:
+                self._codec = codec
             self._writes += 1
             seqs = range(first, first + len(ids))
             self._index.add(np.arange(first, first + len(ids), dtype=np.int64), vectors)
@@ -1132,6 +1135,8 @@ class SqliteCollection(Collection):
                         "INSERT INTO tokens(seq, n, vectors) SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM records "
                         "WHERE seq = ? AND deleted = 0) AND NOT EXISTS (SELECT 1 FROM tokens WHERE seq = ?)",
                         (seq, len(tv), codec.encode(tv), seq, seq)).rowcount
+            if codec is not None:
+                self._codec = codec
             self._writes += 1
         return {"token_rows_added": added, "token_rows_dropped": int(dropped), "token_rows_textless": len(textless)}
 
