@@ -112,7 +112,7 @@ def main() -> None:
         print(f"{name:40s} {n:8.4f} {r:7.4f} {size:>10s}")
 
     sample = list(queries)[:40]
-    li = LateInteraction(source="on-the-fly")
+    li = LateInteraction(enc, source="on-the-fly")
     coll.search(queries[sample[0]], k=10, rerank=li, candidates=100)
     times = []
     for q in sample:
