@@ -232,6 +232,21 @@ def test_reembed_recomputes_token_vectors(minilm_onnx, root) -> None:
         assert len(token_rows(coll)) == coll.count() == src.count()
 
 
+def test_reembed_with_an_encoder_without_token_vectors_drops_them_and_says_so(root) -> None:
+    from embedsmith.encoders.base import BaseEncoder
+
+    class Pooled(BaseEncoder):  # pooled vectors only, as static and remote models give
+        name, dim, max_tokens, fingerprint, prompts = "pooled", 8, 64, "pooled-test", {}
+
+        def _embed(self, texts: list[str], kind: Any, batch_size: int, show_progress: bool) -> np.ndarray:
+            return np.array([[len(t) % 7 + 1, len(t) % 5 + 1, 1, 2, 3, 4, 5, 6] for t in texts], np.float32)
+
+    report = reembed_collection("mut", "mut-pooled", Pooled(), store=root)
+    assert report["late_interaction"].startswith("dropped: 'pooled' gives no token vectors")
+    with open_collection("mut-pooled", store=root, encoder=Pooled()) as coll:
+        assert coll.late_interaction is None and coll.count() == report["count"]
+
+
 @pytest.mark.skipif(not os.environ.get("EMBEDSMITH_TEST_PG"), reason="needs EMBEDSMITH_TEST_PG")
 def test_postgres_refuses_stored_token_vectors(minilm_onnx) -> None:
     with pytest.raises(InvalidInputError, match="folder"):

@@ -45,7 +45,10 @@ DEFAULT_PRECISION = "int2"
 _INT2_LEVELS = np.array([-1.510, -0.4528, 0.4528, 1.510], np.float32)
 _INT2_EDGE = 0.9816
 # Every byte's four codes (high bits first) as levels: decoding is one table lookup per byte.
-_INT2_TABLE = _INT2_LEVELS[(np.arange(256)[:, None] >> np.array([6, 4, 2, 0])) & 3]
+# Each row (4 float32, 16 bytes) is viewed as one complex128 so the lookup is a 1-d take of 16-byte items,
+# about 1.6x faster than indexing rows of a [256, 4] table.
+_INT2_TABLE = np.ascontiguousarray(_INT2_LEVELS[(np.arange(256)[:, None] >> np.array([6, 4, 2, 0])) & 3]
+                                   ).view(np.complex128)[:, 0]
 #: Tokens a PCA is fitted on: at most this many, drawn evenly from the first documents written.
 PCA_SAMPLE = 50_000
 
@@ -163,7 +166,7 @@ class TokenCodec:
         if self.precision == "int2":
             rms = np.frombuffer(blob, "<f2", count=n).astype(np.float32).reshape(n, 1)
             packed = np.frombuffer(blob, np.uint8, offset=2 * n).reshape(n, d // 4)
-            return _INT2_TABLE[packed].reshape(n, d) * rms
+            return _INT2_TABLE.take(packed).view(np.float32).reshape(n, d) * rms
         bits = np.unpackbits(np.frombuffer(blob, np.uint8).reshape(n, -1), axis=1)[:, :d]
         return (bits.astype(np.float32) * 2 - 1) / np.sqrt(d)
 
