@@ -962,7 +962,9 @@ class Collection(abc.ABC):
 
     @translated
     def info(self) -> dict[str, Any]:
-        """Settings, count, size on disk, where it is stored and how many vectors its ANN index holds."""
+        """Settings, count, size on disk, where it is stored and how many vectors its ANN index holds; under
+        ``late_interaction``, what its stored token vectors take (``precision``, ``dims``, ``rows``, ``tokens``,
+        ``bytes``, ``tokens_per_chunk``, ``bytes_per_chunk``), or None when it stores none."""
         s = self.settings
         return {
             "name": s.name, "count": self._count_live(), "model": s.model, "fingerprint": s.fingerprint,
