@@ -46,22 +46,40 @@ def index(
     ray_address: Annotated[str | None, typer.Option(
         help="Ray cluster: host:port, ray://host:port or auto [default: a local Ray runtime]")] = None,
     workers: Annotated[int | None, typer.Option(help="--ray: encoding actors [default: the cluster's CPUs]")] = None,
+    late_interaction: Annotated[bool, typer.Option(
+        "--late-interaction", help="store token vectors for late interaction (MaxSim) with the chunks "
+        "(new collections; embedded stores)")] = False,
+    late_precision: Annotated[str | None, typer.Option(
+        help="--late-interaction: float32 | float16 | int8 | int2 | binary [default: the library's default]")] = None,
+    late_dims: Annotated[int | None, typer.Option(
+        help="--late-interaction: reduce token vectors to N dims by a PCA fitted on the first write")] = None,
 ) -> None:
     """Chunk, embed and store files; unchanged files are skipped, changed ones replaced.
 
     Without --model, an existing collection keeps the model it was built with and a new one uses minilm; a
     --model other than an existing collection's is refused (re-embed into a new collection instead). With --ray,
-    Ray Data actors read, chunk and encode (one model each) and one writer stores whole files into PostgreSQL."""
+    Ray Data actors read, chunk and encode (one model each) and one writer stores whole files into PostgreSQL.
+    With --late-interaction, each chunk's token vectors are stored with it (from the same forward pass), so
+    `search --rerank maxsim` and `--mode hybrid --late-interaction` read them instead of encoding candidates."""
+    from ..errors import InvalidInputError
     from ..ingest import index_paths
     from ..store import list_collections, open_collection
 
+    if (late_precision is not None or late_dims is not None) and not late_interaction:
+        raise InvalidInputError("--late-precision and --late-dims go with --late-interaction")
+    late: bool | dict[str, object] | None = None
+    if late_interaction:
+        late = {k: v for k, v in (("precision", late_precision), ("dims", late_dims)) if v is not None} or True
+
     if ray or ray_address is not None or workers is not None:
-        from ..errors import InvalidInputError
         from ..ingest_ray import Chunking, index_dataset, sqlite_refusal
         from ..store import is_postgres
 
         if not ray:
             raise InvalidInputError("--ray-address and --workers go with --ray")
+        if late is not None:
+            raise InvalidInputError("--late-interaction stores token vectors in an embedded (folder) store; --ray "
+                                    "writes PostgreSQL, which has no stored token vectors")
         if store is None or not is_postgres(store):
             raise sqlite_refusal(store or "the default store")
         report = index_dataset(paths, store=store, collection=collection, encoder=model,
@@ -75,7 +93,8 @@ def index(
     # An existing collection loads its recorded model itself; an explicit --model is loaded and checked against it.
     own_model = model is None and collection in list_collections(store)
     enc = None if own_model else load_model(model, backend)
-    with open_collection(collection, store=store, encoder=enc, metric=metric, precision=precision, dims=dims) as c:
+    with open_collection(collection, store=store, encoder=enc, metric=metric, precision=precision, dims=dims,
+                         late_interaction=late) as c:
         report = index_paths(c, paths, max_tokens=chunk_tokens, overlap=overlap, headings=headings,
                              text_field=text_field, id_field=id_field, prune=prune, show_progress=True,
                              vector_cache=VectorCache() if vector_cache else None)
@@ -287,12 +306,16 @@ def collections(store: StoreOpt = None, as_json: JsonOpt = False) -> None:
     table = []
     for r in rows:
         if "error" in r:
-            table.append([r["name"], "-", Text(f"unreadable: {r['error']}", style="red"), "", "", "", ""])
+            table.append([r["name"], "-", Text(f"unreadable: {r['error']}", style="red"), "", "", "", "", ""])
             continue
         dim = f"{r['dims']} of {r['dim']}" if r["dims"] != r["dim"] else str(r["dim"])
+        late = r.get("late_interaction")
+        tokens = f"{late['precision']}{'/' + str(late['dims']) if late['dims'] else ''}, " \
+                 f"{late['bytes_per_chunk'] / 1024:.1f} KB/chunk" if late else "-"
         table.append([r["name"], str(r["count"]), str(r["model"]), dim, r["precision"], r["metric"],
-                      f"{r['disk_bytes'] / 1e6:.1f} MB"])
-    render.print_table("collections", ["name", "count", "model", "dim", "precision", "metric", "disk"], table)
+                      f"{r['disk_bytes'] / 1e6:.1f} MB", tokens])
+    render.print_table("collections", ["name", "count", "model", "dim", "precision", "metric", "disk",
+                                       "token vectors"], table)
 
 
 def verify(collection: CollectionOpt, store: StoreOpt = None, as_json: JsonOpt = False) -> None:
@@ -380,7 +403,8 @@ def reembed(
     report = reembed_collection(collection, to, load_model(model, backend), store=store, show_progress=True,
                                 vector_cache=VectorCache() if vector_cache else None)
     print(f"{to}: {report['count']} records ({report['model']}, dim {report['dim']})"
-          + (f", resumed after {report['resumed_after']}" if report["resumed"] else ""))
+          + (f", resumed after {report['resumed_after']}" if report["resumed"] else "")
+          + (f"; token vectors {report['late_interaction']}" if report.get("late_interaction") else ""))
 
 
 def migrate(

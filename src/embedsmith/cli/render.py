@@ -81,8 +81,11 @@ def print_hits(collection: str, query: str, mode: str, hits: Hits, *, reranked: 
 
 def print_index_report(report: IndexReport, info: Mapping[str, Any]) -> None:
     """What indexing did, and what the collection (``Collection.info()``) holds now; skipped files on stderr."""
+    late = info.get("late_interaction")
+    tokens = f"; token vectors {late['precision']}{'/' + str(late['dims']) if late['dims'] else ''}, " \
+             f"{late['bytes_per_chunk'] / 1024:.1f} KB per chunk" if late else ""
     print(f"{info['name']}: {report.summary()}; {info['count']} chunks stored "
-          f"({info['model']}, dim {info['dim']}, {info['precision']}, {info['metric']})")
+          f"({info['model']}, dim {info['dim']}, {info['precision']}, {info['metric']}{tokens})")
     for src, why in report.files_skipped[:20]:
         print(f"  skipped {src}: {why}", file=sys.stderr)
 

@@ -8,8 +8,9 @@ own last hidden states reorder its dense top 100 on Cranfield dev from nDCG@10 0
 Document token vectors come from one of two places:
 
 - ``stored``: written with the collection at index time (``late_interaction=True`` at creation), in a
-  :class:`TokenCodec`'s compact form (float16, int8 or binary, optionally reduced by a PCA fitted on the
-  collection's first documents). Reranking 100 candidates then reads their blobs and multiplies.
+  :class:`TokenCodec`'s compact form (int2 by default; float16, int8 or binary; optionally reduced by a PCA
+  fitted on the collection's first documents), special tokens included. Reranking 100 candidates then reads
+  their blobs in one query and multiplies.
 - ``on-the-fly``: the candidates' texts are encoded per search (no storage, one forward pass per search).
 
 sentence-transformers 6 has a ``MultiVectorEncoder`` and PyLate a ColBERT model, but both score with torch over
@@ -37,7 +38,18 @@ if TYPE_CHECKING:
     from ..store.base import Candidate, Collection
 
 SOURCES = ("stored", "on-the-fly")
-PRECISIONS = ("float32", "float16", "int8", "binary")
+PRECISIONS = ("float32", "float16", "int8", "int2", "binary")
+#: The codec of ``late_interaction=True`` (benchmarks/README.md, "Late interaction": quality and bytes per codec).
+DEFAULT_PRECISION = "int2"
+# int2: each value's 2-bit code -> its level in units of the token's RMS (Lloyd-Max levels of a unit Gaussian,
+# which minimise the squared error of 4-level quantisation; the thresholds are the levels' midpoints).
+_INT2_LEVELS = np.array([-1.510, -0.4528, 0.4528, 1.510], np.float32)
+_INT2_EDGE = 0.9816
+# Every byte's four codes (high bits first) as levels: decoding is one table lookup per byte.
+# Each row (4 float32, 16 bytes) is viewed as one complex128 so the lookup is a 1-d take of 16-byte items,
+# about 1.6x faster than indexing rows of a [256, 4] table.
+_INT2_TABLE = np.ascontiguousarray(_INT2_LEVELS[(np.arange(256)[:, None] >> np.array([6, 4, 2, 0])) & 3]
+                                   ).view(np.complex128)[:, 0]
 #: Tokens a PCA is fitted on: at most this many, drawn evenly from the first documents written.
 PCA_SAMPLE = 50_000
 
@@ -68,6 +80,8 @@ class TokenCodec:
 
     - ``float16``: 2 bytes per value.
     - ``int8``: one byte per value and a float16 scale per token (each token's largest value maps to 127).
+    - ``int2``: two bits per value and a float16 scale per token (its RMS): the four Lloyd-Max levels of a
+      Gaussian. A sixteenth of float32, and on Cranfield dev the same MaxSim quality (benchmarks/README.md).
     - ``binary``: one sign bit per value; documents score as the query's dot product with their signs
       (scaled by ``1/sqrt(dims)``), an asymmetric estimate that keeps the query exact.
     """
@@ -86,6 +100,8 @@ class TokenCodec:
             raise InvalidInputError(f"late-interaction dims must be an integer from 8 to 4096, got {dims!r}")
         if precision == "binary" and dims is not None and dims % 8:
             raise InvalidInputError(f"binary token vectors need dims divisible by 8, got {dims}")
+        if precision == "int2" and dims is not None and dims % 4:
+            raise InvalidInputError(f"int2 token vectors need dims divisible by 4, got {dims}")
         return cls(str(precision), dims)
 
     @property
@@ -127,6 +143,15 @@ class TokenCodec:
             scale = np.maximum(np.abs(t).max(axis=1, keepdims=True), 1e-8)
             q = np.clip(np.rint(t / scale * 127), -127, 127).astype(np.int8)
             return scale.astype("<f2").tobytes() + q.tobytes()
+        if self.precision == "int2":
+            if t.shape[1] % 4:
+                raise InvalidInputError(f"int2 token vectors need a width divisible by 4, got {t.shape[1]}")
+            rms = np.maximum(np.sqrt((t * t).mean(axis=1, keepdims=True)), 1e-8)
+            code = ((t > 0).astype(np.uint8) << 1) | (np.abs(t) > _INT2_EDGE * rms).astype(np.uint8)
+            # sign and magnitude -> the index of the level: (0,1) -> 0, (0,0) -> 1, (1,0) -> 2, (1,1) -> 3
+            code = np.array([1, 0, 2, 3], np.uint8)[code].reshape(len(t), -1, 4)
+            packed = (code[..., 0] << 6) | (code[..., 1] << 4) | (code[..., 2] << 2) | code[..., 3]
+            return rms.astype("<f2").tobytes() + packed.astype(np.uint8).tobytes()
         return np.packbits(t > 0, axis=1).tobytes()
 
     def decode(self, blob: bytes, n: int, d: int) -> np.ndarray:
@@ -139,12 +164,16 @@ class TokenCodec:
             scale = np.frombuffer(blob, "<f2", count=n).astype(np.float32).reshape(n, 1)
             q = np.frombuffer(blob, np.int8, offset=2 * n).reshape(n, d)
             return q.astype(np.float32) * (scale / 127)
+        if self.precision == "int2":
+            rms = np.frombuffer(blob, "<f2", count=n).astype(np.float32).reshape(n, 1)
+            packed = np.frombuffer(blob, np.uint8, offset=2 * n).reshape(n, d // 4)
+            return _INT2_TABLE.take(packed).view(np.float32).reshape(n, d) * rms
         bits = np.unpackbits(np.frombuffer(blob, np.uint8).reshape(n, -1), axis=1)[:, :d]
         return (bits.astype(np.float32) * 2 - 1) / np.sqrt(d)
 
     def bytes_per_token(self, dim: int) -> float:
         d = self.dims or dim
-        return {"float32": 4 * d, "float16": 2 * d, "int8": d + 2, "binary": d / 8}[self.precision]
+        return {"float32": 4 * d, "float16": 2 * d, "int8": d + 2, "int2": d / 4 + 2, "binary": d / 8}[self.precision]
 
     # -- persisted with the collection ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -171,7 +200,8 @@ class LateInteraction:
         encoder: what makes the token vectors: None (the collection's own encoder), an encoder, or a name.
         source: 'auto' (the collection's stored token vectors when it has them, else on the fly),
             'stored' (an error when the collection has none) or 'on-the-fly'.
-        special_tokens: score with the query's [CLS]/[SEP] (and, on the fly, the documents').
+        special_tokens: score with the query's [CLS]/[SEP] (and, on the fly, the documents'; stored token
+            vectors always hold them).
     """
 
     name = "maxsim"
@@ -246,4 +276,4 @@ class LateInteraction:
         return f"LateInteraction(source={self.source!r})"
 
 
-__all__ = ["PRECISIONS", "SOURCES", "LateInteraction", "TokenCodec", "maxsim"]
+__all__ = ["DEFAULT_PRECISION", "PRECISIONS", "SOURCES", "LateInteraction", "TokenCodec", "maxsim"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,15 @@ from ..errors import CollectionExistsError, InvalidInputError, StoreError
 from ..quantization import Int8Calibration
 from ..types import Encoder, Metric, Precision, parse_enum
 from .base import Collection, Requested, Store, open_in
-from .settings import CollectionSettings, OpenOptions, check_name, default_store, is_postgres, positive_int
+from .settings import (
+    CollectionSettings,
+    OpenOptions,
+    check_name,
+    default_store,
+    is_postgres,
+    late_request,
+    positive_int,
+)
 
 
 def store_for(store: str | os.PathLike[str] | None) -> Store:
@@ -60,6 +69,7 @@ def open_collection(
     save_every: int = 50_000,
     save_interval_s: float = 60.0,
     pool_size: int = 4,
+    late_interaction: bool | str | Mapping[str, Any] | None = None,
 ) -> Collection:
     """Create or open a collection.
 
@@ -82,6 +92,12 @@ def open_collection(
         lock_timeout: seconds a writer waits for another writer's lock.
         save_every, save_interval_s: (embedded store) save the ANN index after this many unsaved rows or seconds.
         pool_size: (PostgreSQL) connections in the collection's pool.
+        late_interaction: store each record's token vectors with it, for late interaction (MaxSim) without
+            encoding candidates per search: True (the default codec, ``DEFAULT_PRECISION``), a precision
+            (float32 | float16 | int8 | int2 | binary) or ``{"precision": ..., "dims": N}`` (a PCA to N dims,
+            fitted on the first write). Fixed at creation; on an existing collection True asks that it has
+            them and a precision or mapping that it has that codec (None or False: no request). Embedded
+            (folder) stores only: PostgreSQL refuses it.
 
     Raises:
         CollectionNotFoundError: ``create=False`` and there is no such collection.
@@ -95,7 +111,9 @@ def open_collection(
         metric=parse_enum(Metric, metric, "metric") if metric is not None else None,
         precision=parse_enum(Precision, precision, "precision") if precision is not None else None,
         dims=dims, dim=dim, calibration=calibration, hnsw_m=hnsw_m, ef_construction=ef_construction,
+        late=late_interaction,
     )
+    late_request(late_interaction)  # checked before anything is opened or created
     options = OpenOptions(ef_search=ef_search, exact_below=exact_below, lock_timeout=lock_timeout,
                           save_every=save_every, save_interval_s=save_interval_s, pool_size=pool_size)
     return open_in(store_for(store), name, enc, requested, create=create, options=options)
@@ -164,6 +182,11 @@ def migrate_collection(
                 n_src = src.count()
                 if n_src != n_dst:
                     raise StoreError(f"copied {n_dst} records of {name!r}, the source has {n_src}")
+                if src.settings.late is not None:
+                    rows_src, rows_dst = src.info()["late_interaction"]["rows"], dst.info()["late_interaction"]["rows"]
+                    if rows_src != rows_dst:
+                        raise StoreError(f"copied token vectors of {rows_dst} records of {name!r}; the source "
+                                         f"has {rows_src}")
                 all_ids = [i for b in src.export_records(batch=10_000) for i in b.ids]
                 step = max(1, len(all_ids) // max(1, sample))
                 picked = all_ids[::step][:sample]
@@ -198,7 +221,10 @@ def reembed_collection(
     """Embed a collection's records again with another encoder, into a new collection in the same store.
 
     Ids, texts, index texts (e.g. a chunk with its document's title in front) and metadata are copied; the target
-    gets the source's metric and precision, and the encoder's model and dimension. Until every record is in,
+    gets the source's metric and precision, and the encoder's model and dimension. A source that stores token
+    vectors (late interaction) gives a target that stores the new model's, with the same codec (a PCA is fitted
+    again); when the new encoder has no token vectors they are dropped, and the result says so under
+    ``late_interaction``. Until every record is in,
     the target carries the note ``{"reembed_incomplete": name}`` (:meth:`Collection.notes`): running again with
     the same names resumes, embedding only the records the target lacks, and the note is removed at the end.
 
@@ -212,7 +238,8 @@ def reembed_collection(
 
     Returns:
         ``{"name", "target_name", "count", "resumed", "resumed_after", "model", "dim"}``: ``resumed`` when an
-        interrupted run was continued, ``resumed_after`` the number of records it had copied.
+        interrupted run was continued, ``resumed_after`` the number of records it had copied; from a source with
+        token vectors, ``late_interaction``: 'recomputed', or why they were dropped.
 
     Raises:
         CollectionNotFoundError: no source collection.
@@ -229,7 +256,18 @@ def reembed_collection(
     enc = _resolve_encoder(encoder)
     with using_cache(enc, vector_cache), open_collection(name, store=store, create=False) as src:
         s = src.settings
-        with open_collection(target, store=store, encoder=enc, metric=s.metric, precision=s.precision) as dst:
+        late, late_note = s.late, None
+        if late is not None:
+            from ..errors import NoTokenVectorsError
+
+            try:
+                enc.token_vectors(["probe"], kind="document")  # type: ignore[union-attr]
+            except (NoTokenVectorsError, AttributeError):
+                late = None
+                late_note = (f"dropped: {getattr(enc, 'name', enc)!r} gives no token vectors; late interaction on "
+                             f"{target!r} needs source='on-the-fly' with another encoder")
+        with open_collection(target, store=store, encoder=enc, metric=s.metric, precision=s.precision,
+                             late_interaction=late) as dst:
             resuming = dst.notes().get(REEMBED_NOTE) == name
             if not resuming:
                 dst.set_notes(**{REEMBED_NOTE: name})
@@ -252,9 +290,11 @@ def reembed_collection(
                         dst.upsert(todo)
                     bar.update(len(todo))
             dst.set_notes(**{REEMBED_NOTE: None})
-            return {"name": name, "target_name": target, "count": dst.count(), "resumed": resuming,
-                    "resumed_after": len(done),
-                    "model": dst.settings.model, "dim": dst.dim}
+            out: dict[str, Any] = {"name": name, "target_name": target, "count": dst.count(), "resumed": resuming,
+                                   "resumed_after": len(done), "model": dst.settings.model, "dim": dst.dim}
+            if s.late is not None:  # what became of the source's token vectors
+                out["late_interaction"] = late_note or "recomputed"
+            return out
 
 
 def snapshot_collection(name: str, path: str | os.PathLike[str], *,

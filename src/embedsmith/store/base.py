@@ -27,7 +27,15 @@ from ..quantization import Int8Calibration
 from ..search import RRF_K
 from ..types import Encoder, Hits, Metric, Precision
 from .filters import CompiledFilter, Where
-from .settings import CollectionSettings, OpenOptions, check_encoder, check_requested, new_settings, positive_int
+from .settings import (
+    CollectionSettings,
+    OpenOptions,
+    check_encoder,
+    check_requested,
+    late_request,
+    new_settings,
+    positive_int,
+)
 from .validate import (
     check_id_list,
     check_ids,
@@ -41,6 +49,7 @@ from .validate import (
 if TYPE_CHECKING:
     from ..context import Context
     from ..rerankers import Reranker
+    from ..rerankers.late_interaction import TokenCodec
 
 
 class Candidate(NamedTuple):
@@ -73,6 +82,15 @@ def best_first(cands: Iterable[Candidate]) -> list[Candidate]:
     return sorted(cands, key=_rank)
 
 
+def same_codec(a: TokenCodec, b: TokenCodec) -> bool:
+    """Whether two token codecs encode alike (precision, dims, and the same fitted PCA if any)."""
+    if (a.precision, a.dims, a.components is None) != (b.precision, b.dims, b.components is None):
+        return False
+    if a.components is None or b.components is None or a.mean is None or b.mean is None:
+        return a.components is None and b.components is None
+    return bool(np.array_equal(a.components, b.components) and np.array_equal(a.mean, b.mean))
+
+
 class RecordBatch(NamedTuple):
     """Live records in write order, as :meth:`Collection.export_records` yields and ``import_records`` takes."""
 
@@ -81,6 +99,10 @@ class RecordBatch(NamedTuple):
     index_texts: list[str | None]  # what the encoder and bm25 read, where it differs from the text
     metadata: list[dict[str, Any]]
     vectors: np.ndarray  # float32 [n, dim]
+    #: per record its stored token vectors (token count, the codec's bytes), from a collection that stores them
+    tokens: list[tuple[int, bytes] | None] | None = None
+    #: the codec of ``tokens`` (``TokenCodec.to_dict()``, PCA included)
+    token_codec: dict[str, Any] | None = None
 
 
 @dataclass
@@ -166,14 +188,42 @@ class Collection(abc.ABC):
             self._encoder = enc
         return self._encoder
 
-    #: The :class:`~embedsmith.rerankers.late_interaction.TokenCodec` of stored token vectors, or None (a
-    #: collection without them; late interaction then computes them per search).
-    late_interaction: Any = None
+    @property
+    def late_interaction(self) -> TokenCodec | None:
+        """The :class:`~embedsmith.rerankers.late_interaction.TokenCodec` of the token vectors stored with the
+        records (``late_interaction=...`` at creation), or None (late interaction then computes them per search).
+        A PCA codec is unfitted until the first write."""
+        if self.settings.late is None:
+            return None
+        return self._token_codec()
+
+    def _token_codec(self) -> TokenCodec:
+        """The collection's codec, with its PCA once fitted (a backend that stores token vectors overrides)."""
+        from ..rerankers.late_interaction import TokenCodec
+
+        return TokenCodec.from_dict(self.settings.late or {})
 
     def _late_tokens(self, ids: list[str], texts: list[str]) -> tuple[Any, list[np.ndarray]]:
+        """The codec and, per id, its stored token vectors decoded (float32 [tokens, codec dims]); a record
+        without stored tokens gets them computed from its text, through the codec."""
         from ..errors import NoTokenVectorsError
 
         raise NoTokenVectorsError(f"collection {self.name!r} stores no token vectors")
+
+    def _adopt_codec(self, codec: TokenCodec) -> None:
+        """Take ``codec`` (with its fitted PCA) as this collection's token codec before its first write."""
+        raise StoreError(f"collection {self.name!r} cannot take stored token vectors")
+
+    def _document_tokens(self, texts: Sequence[str | None], ids: Sequence[str]) -> list[np.ndarray]:
+        """Unit token vectors of the texts the encoder reads, for a collection that stores them (every text is
+        needed: a record without one cannot have token vectors)."""
+        missing = [i for i, t in zip(ids, texts, strict=True) if not t]
+        if missing:
+            raise InvalidInputError(
+                f"collection {self.name!r} stores token vectors for late interaction, computed from each record's "
+                f"text; {len(missing)} record(s) have none: {', '.join(repr(x) for x in missing[:5])}")
+        enc: Any = self.encoder  # token vectors are BaseEncoder's (NoTokenVectorsError where a model has none)
+        return list(enc.token_vectors([str(t) for t in texts], kind="document"))
 
     def _check_encoder(self, enc: Encoder) -> None:
         check_encoder(self.settings, enc)
@@ -195,9 +245,12 @@ class Collection(abc.ABC):
     def _insert(
         self, ids: list[str], texts: Sequence[str | None], meta: list[str], vectors: np.ndarray, *, replace: bool,
         delete_where: CompiledFilter | None = None, index_texts: Sequence[str | None] | None = None,
+        tokens: Sequence[np.ndarray] | None = None, token_blobs: Sequence[tuple[int, bytes] | None] | None = None,
     ) -> None:
         """In one transaction: delete ``delete_where`` matches (and, with ``replace``, live rows with these ids),
-        then add the rows. ``vectors`` are checked float32 [n, dim]; ``meta`` checked JSON objects as text."""
+        then add the rows. ``vectors`` are checked float32 [n, dim]; ``meta`` checked JSON objects as text.
+        In a collection that stores token vectors: per row its unit ``tokens`` [tokens, dim], encoded with the
+        collection's codec (fitted first when it is not yet), or its already encoded ``token_blobs`` entry."""
 
     @abc.abstractmethod
     def _delete(self, ids: list[str] | None, flt: CompiledFilter | None) -> int:
@@ -353,10 +406,18 @@ class Collection(abc.ABC):
                 (list(metadata) if metadata is not None else None), None)
 
     def _embed(self, texts: list[str], index_texts: list[str] | None, batch_size: int | None,
-               show_progress: bool) -> np.ndarray:
+               show_progress: bool) -> tuple[np.ndarray, list[np.ndarray] | None]:
+        """Vectors [n, dim] of what the encoder reads and, in a collection that stores them, each text's unit
+        token vectors [tokens, dim] from the same forward pass (not through the vector cache, which keeps
+        pooled vectors only)."""
+        if self.settings.late is not None:
+            enc: Any = self.encoder  # token vectors are BaseEncoder's (NoTokenVectorsError where a model has none)
+            vectors, tokens = enc.embed_tokens(index_texts or texts, kind="document", batch_size=batch_size,
+                                               show_progress=show_progress)
+            return self._check_vectors(vectors, len(texts)), tokens
         vectors = self.encoder.encode(index_texts or texts, kind="document", batch_size=batch_size,
                                       show_progress=show_progress)
-        return self._check_vectors(vectors, len(texts))
+        return self._check_vectors(vectors, len(texts)), None
 
     # -- writes ---------------------------------------------------------------------------------------
     @translated
@@ -379,7 +440,8 @@ class Collection(abc.ABC):
         id_list = check_ids(i, len(t))
         meta = check_metadata(m, len(t))
         self._reject_existing(id_list)
-        self._insert(id_list, t, meta, self._embed(t, e, batch_size, show_progress), replace=False, index_texts=e)
+        vectors, tokens = self._embed(t, e, batch_size, show_progress)
+        self._insert(id_list, t, meta, vectors, replace=False, index_texts=e, tokens=tokens)
         return id_list
 
     @translated
@@ -391,14 +453,19 @@ class Collection(abc.ABC):
         texts: Sequence[str | None] | None = None,
         metadata: Sequence[Mapping[str, Any]] | None = None,
     ) -> list[str]:
-        """Add pre-computed vectors [n, dim] (for users with their own encoder). Returns the ids."""
+        """Add pre-computed vectors [n, dim] (for users with their own encoder). Returns the ids.
+
+        In a collection that stores token vectors (``late_interaction=...``), the vectors given are kept and the
+        token vectors are computed from ``texts`` with the collection's encoder (one forward pass): every record
+        then needs a text (:class:`InvalidInputError` otherwise, nothing written)."""
         v = self._check_vectors(vectors)
         n = v.shape[0]
         id_list = check_ids(ids, n)
         t = check_optional_texts(texts, n)
         meta = check_metadata(metadata, n)
+        tokens = self._document_tokens(t, id_list) if self.settings.late is not None else None
         self._reject_existing(id_list)
-        self._insert(id_list, t, meta, v, replace=False)
+        self._insert(id_list, t, meta, v, replace=False, tokens=tokens)
         return id_list
 
     @translated
@@ -418,7 +485,8 @@ class Collection(abc.ABC):
             raise InvalidInputError("upsert needs ids")
         id_list = check_ids(i, len(t))
         meta = check_metadata(m, len(t))
-        self._insert(id_list, t, meta, self._embed(t, e, batch_size, show_progress), replace=True, index_texts=e)
+        vectors, tokens = self._embed(t, e, batch_size, show_progress)
+        self._insert(id_list, t, meta, vectors, replace=True, index_texts=e, tokens=tokens)
         return id_list
 
     @translated
@@ -430,11 +498,14 @@ class Collection(abc.ABC):
         texts: Sequence[str | None] | None = None,
         metadata: Sequence[Mapping[str, Any]] | None = None,
     ) -> list[str]:
-        """Like :meth:`add_vectors`, replacing existing ids."""
+        """Like :meth:`add_vectors` (token vectors computed from ``texts`` in a late-interaction collection),
+        replacing existing ids."""
         v = self._check_vectors(vectors)
         id_list = check_ids(ids, v.shape[0])
         t = check_optional_texts(texts, v.shape[0])
-        self._insert(id_list, t, check_metadata(metadata, v.shape[0]), v, replace=True)
+        meta = check_metadata(metadata, v.shape[0])
+        tokens = self._document_tokens(t, id_list) if self.settings.late is not None else None
+        self._insert(id_list, t, meta, v, replace=True, tokens=tokens)
         return id_list
 
     @translated
@@ -455,13 +526,21 @@ class Collection(abc.ABC):
     @translated
     def replace_vectors(self, where: Where, records: Sequence[Mapping[str, Any]], vectors: np.ndarray) -> list[str]:
         """:meth:`replace` with pre-computed vectors [n, dim] (one per record, e.g. encoded on other machines):
-        the records matching ``where`` are deleted and ``records`` added in one transaction."""
-        return self._replace(where, records, lambda t, e: self._check_vectors(vectors, len(t)))
+        the records matching ``where`` are deleted and ``records`` added in one transaction. In a collection that
+        stores token vectors, they are computed from the records' texts with its encoder (as :meth:`add_vectors`)."""
+
+        def given(t: list[str], e: list[str] | None) -> tuple[np.ndarray, list[np.ndarray] | None]:
+            v = self._check_vectors(vectors, len(t))
+            read = e or t
+            return v, (self._document_tokens(read, read) if self.settings.late is not None else None)
+
+        return self._replace(where, records, given)
 
     def _replace(self, where: Where, records: Sequence[Mapping[str, Any]],
-                 vectors_for: Callable[[list[str], list[str] | None], np.ndarray]) -> list[str]:
+                 vectors_for: Callable[[list[str], list[str] | None], tuple[np.ndarray, list[np.ndarray] | None]]
+                 ) -> list[str]:
         """The records matching ``where`` deleted and ``records`` (checked first) added with
-        ``vectors_for(texts, index_texts)``, in one transaction."""
+        ``vectors_for(texts, index_texts)`` (vectors, and token vectors or None), in one transaction."""
         flt = self._compile_where(where)
         if not records:
             self._delete(None, flt)
@@ -470,7 +549,8 @@ class Collection(abc.ABC):
         t = check_texts(t)
         id_list = check_ids(i, len(t))
         meta = check_metadata(m, len(t))
-        self._insert(id_list, t, meta, vectors_for(t, e), replace=True, delete_where=flt, index_texts=e)
+        vectors, tokens = vectors_for(t, e)
+        self._insert(id_list, t, meta, vectors, replace=True, delete_where=flt, index_texts=e, tokens=tokens)
         return id_list
 
     @translated
@@ -484,16 +564,42 @@ class Collection(abc.ABC):
 
     @translated
     def import_records(self, batch: RecordBatch) -> list[str]:
-        """Add exported records (vectors kept, nothing re-embedded) in one transaction. Returns the ids."""
+        """Add exported records (vectors kept, nothing re-embedded) in one transaction. Returns the ids.
+
+        In a collection that stores token vectors, the batch's stored token vectors are kept as they are (they
+        must come from a collection with the same codec: :func:`~embedsmith.store.migrate_collection` and
+        :func:`~embedsmith.store.restore_collection` see to it); records without them get them computed from
+        their texts."""
         v = check_vectors(batch.vectors, self.settings.dim, self.settings.metric, self.name, normalize=False)
         n = v.shape[0]
         id_list = check_ids(batch.ids, n)
         texts = check_optional_texts(batch.texts, n)
         index_texts = check_optional_texts(batch.index_texts, n)
         meta = check_metadata(batch.metadata, n)
+        read = [x if x is not None else t for x, t in zip(index_texts, texts, strict=True)]
+        tokens: list[np.ndarray] | None = None
+        blobs: list[tuple[int, bytes] | None] | None = None
+        if self.settings.late is not None:
+            from ..rerankers.late_interaction import TokenCodec
+
+            mine = self._token_codec()
+            theirs = TokenCodec.from_dict(batch.token_codec) \
+                if batch.token_codec is not None and batch.tokens is not None else None
+            if (theirs is not None and theirs.fitted and not mine.fitted
+                    and (theirs.precision, theirs.dims) == (mine.precision, mine.dims)):
+                self._adopt_codec(theirs)  # a copy of a collection whose PCA was fitted on its first write
+                mine = theirs
+            kept = theirs is not None and same_codec(mine, theirs)
+            blobs = list(batch.tokens or []) if kept else [None] * n
+            if len(blobs) != n:
+                raise InvalidInputError(f"a record batch of {n} records carries {len(blobs)} token vector entries")
+            todo = [i for i, b in enumerate(blobs) if b is None]
+            computed = self._document_tokens([read[i] for i in todo], [id_list[i] for i in todo]) if todo else []
+            tokens = [np.zeros((0, 0), np.float32)] * n
+            for i, tv in zip(todo, computed, strict=True):
+                tokens[i] = tv
         self._reject_existing(id_list)
-        self._insert(id_list, texts, meta, v, replace=False,
-                     index_texts=[x if x is not None else t for x, t in zip(index_texts, texts, strict=True)])
+        self._insert(id_list, texts, meta, v, replace=False, index_texts=read, tokens=tokens, token_blobs=blobs)
         return id_list
 
     # -- reads ----------------------------------------------------------------------------------------
@@ -856,14 +962,22 @@ class Collection(abc.ABC):
 
     @translated
     def info(self) -> dict[str, Any]:
-        """Settings, count, size on disk, where it is stored and how many vectors its ANN index holds."""
+        """Settings, count, size on disk, where it is stored and how many vectors its ANN index holds; under
+        ``late_interaction``, what its stored token vectors take (``precision``, ``dims``, ``rows``, ``tokens``,
+        ``bytes``, ``tokens_per_chunk``, ``bytes_per_chunk``), or None when it stores none."""
         s = self.settings
         return {
             "name": s.name, "count": self._count_live(), "model": s.model, "fingerprint": s.fingerprint,
             "prompts": s.prompts, "dim": s.dim, "dims": s.dims, "precision": s.precision.value,
             "metric": s.metric.value, "disk_bytes": self._disk_bytes(), "path": self._location(),
             "index_vectors": self._index_vectors(), "identity": s.identity, "notes": self._notes(),
+            "late_interaction": self._late_stats() if s.late is not None else None,
         }
+
+    def _late_stats(self) -> dict[str, Any]:
+        """What the stored token vectors take: ``precision``, ``dims``, ``rows``, ``tokens``, ``bytes``,
+        ``tokens_per_chunk``, ``bytes_per_chunk`` (a backend that stores them overrides)."""
+        return {**(self.settings.late or {})}
 
     @translated
     def notes(self) -> dict[str, Any]:
@@ -976,6 +1090,7 @@ class Requested:
     calibration: Int8Calibration | None = None
     hnsw_m: int = 32
     ef_construction: int = 128
+    late: Any = None  # open_collection's late_interaction, as given
 
 
 def open_in(store: Store, name: str, encoder: Encoder | None, requested: Requested, *, create: bool,
@@ -987,14 +1102,15 @@ def open_in(store: Store, name: str, encoder: Encoder | None, requested: Request
             raise store.not_found(name)
         r = requested
         settings = new_settings(name, encoder, r.metric or Metric.COSINE, r.precision or Precision.FLOAT32, r.dims,
-                                r.dim, r.calibration, r.hnsw_m, r.ef_construction)
+                                r.dim, r.calibration, r.hnsw_m, r.ef_construction, late_request(r.late))
         try:
             return store.create(settings, encoder, options)
         except CollectionExistsError:
             pass  # another process created it between our look and our create: open theirs
     coll = store.open(name, options)
     try:
-        check_requested(coll.settings, requested.metric, requested.precision, requested.dims, requested.dim)
+        check_requested(coll.settings, requested.metric, requested.precision, requested.dims, requested.dim,
+                        requested.late)
         if encoder is not None:
             coll._check_encoder(encoder)
             coll._encoder = encoder
@@ -1004,4 +1120,5 @@ def open_in(store: Store, name: str, encoder: Encoder | None, requested: Request
     return coll
 
 
-__all__ = ["Candidate", "Collection", "RecordBatch", "Requested", "Store", "VerifyReport", "best_first", "open_in"]
+__all__ = ["Candidate", "Collection", "RecordBatch", "Requested", "Store", "VerifyReport", "best_first", "open_in",
+           "same_codec"]

@@ -201,6 +201,14 @@ def _score(settings: CollectionSettings, q: str) -> str:
 
 
 def _check_pg_settings(s: CollectionSettings) -> None:
+    if s.late is not None:
+        # Refused rather than half-done: token rows would need their own COPY keyed by the identity column
+        # and every soft delete, compaction and export to follow them (not built yet).
+        raise InvalidInputError(
+            f"collection {s.name!r}: stored token vectors (late_interaction=...) are not available on PostgreSQL "
+            "yet; keep the collection in an embedded (folder) store, or rerank PostgreSQL collections on the fly "
+            "(LateInteraction(source='on-the-fly'), which `--rerank maxsim` does for collections without them)"
+        )
     if s.precision is Precision.INT8:
         raise InvalidInputError(
             "precision int8 is not available on PostgreSQL (pgvector has no int8 vector type); "
@@ -349,6 +357,7 @@ class PgCollection(Collection):
     def _insert(
         self, ids: list[str], texts: Sequence[str | None], meta: list[str], vectors: np.ndarray, *, replace: bool,
         delete_where: CompiledFilter | None = None, index_texts: Sequence[str | None] | None = None,
+        tokens: Sequence[np.ndarray] | None = None, token_blobs: Sequence[tuple[int, bytes] | None] | None = None,
     ) -> None:
         if not ids and delete_where is None:
             return

@@ -74,6 +74,10 @@ class CollectionSettings:
     hnsw_m: int
     ef_construction: int
     identity: str | None = None
+    #: Stored token vectors for late interaction: ``{"precision", "dims"}`` of the collection's
+    #: :class:`~embedsmith.rerankers.late_interaction.TokenCodec` (its PCA, when fitted, is kept beside the rows),
+    #: or None (late interaction computes them per search).
+    late: dict[str, Any] | None = None
 
     def to_meta(self) -> dict[str, str]:
         meta = {
@@ -91,6 +95,8 @@ class CollectionSettings:
         }
         if self.identity is not None:
             meta["identity"] = self.identity
+        if self.late is not None:
+            meta["late_interaction"] = json.dumps(self.late)
         return meta
 
     @classmethod
@@ -109,6 +115,7 @@ class CollectionSettings:
             hnsw_m=int(meta["hnsw_m"]),
             ef_construction=int(meta["ef_construction"]),
             identity=meta.get("identity"),
+            late=json.loads(meta["late_interaction"]) if meta.get("late_interaction") else None,
         )
 
     def renamed(self, name: str) -> CollectionSettings:
@@ -130,11 +137,40 @@ def check_name(name: Any) -> str:
     return name
 
 
+def late_request(value: Any) -> dict[str, Any] | None:
+    """``open_collection``'s ``late_interaction`` as ``{"precision", "dims"}`` (None: not asked for).
+
+    True takes the default codec; a string is a precision; a mapping gives ``precision`` and/or ``dims``."""
+    from ..rerankers.late_interaction import DEFAULT_PRECISION, TokenCodec
+
+    if value is None or value is False:
+        return None
+    if value is True:
+        codec = TokenCodec.checked(DEFAULT_PRECISION)
+    elif isinstance(value, str):
+        codec = TokenCodec.checked(value)
+    elif isinstance(value, Mapping):
+        unknown = set(value) - {"precision", "dims"}
+        if unknown:
+            raise InvalidInputError(f"late_interaction takes precision and dims, got {sorted(unknown)}")
+        codec = TokenCodec.checked(value.get("precision", DEFAULT_PRECISION), value.get("dims"))
+    else:
+        raise InvalidInputError(f"late_interaction must be True, a precision or {{'precision', 'dims'}}, got "
+                                f"{value!r}")
+    return {"precision": codec.precision, "dims": codec.dims}
+
+
 def new_settings(
     name: str, enc: Encoder | None, metric: Metric, precision: Precision, dims: int | None, dim: int | None,
-    calibration: Int8Calibration | None, hnsw_m: int, ef_construction: int,
+    calibration: Int8Calibration | None, hnsw_m: int, ef_construction: int, late: dict[str, Any] | None = None,
 ) -> CollectionSettings:
     """Check the creation arguments of a new collection and fix its settings."""
+    if late is not None and enc is None:
+        raise InvalidInputError(f"late_interaction=... stores the encoder's token vectors: collection {name!r} "
+                                "needs an encoder")
+    if late is not None and late.get("dims") is not None and enc is not None and late["dims"] > enc.dim:
+        raise InvalidInputError(f"late-interaction dims={late['dims']} is more than encoder {enc.name!r}'s "
+                                f"{enc.dim}")
     if enc is None and dim is None:
         raise InvalidInputError(f"a new collection needs an encoder, or dim= for vectors only ({name!r})")
     full = enc.dim if enc is not None else positive_int(dim, "dim")
@@ -153,13 +189,22 @@ def new_settings(
         name=name, model=enc.name if enc is not None else None, fingerprint=enc.fingerprint if enc else None,
         prompts=dict(getattr(enc, "prompts", {}) or {}), dim=full, dims=index_dims, metric=metric,
         precision=precision, calibration=calibration, hnsw_m=positive_int(hnsw_m, "hnsw_m"),
-        ef_construction=positive_int(ef_construction, "ef_construction"), identity=new_identity(),
+        ef_construction=positive_int(ef_construction, "ef_construction"), identity=new_identity(), late=late,
     )
 
 
 def check_requested(settings: CollectionSettings, metric: Metric | None, precision: Precision | None,
-                    dims: int | None, dim: int | None) -> None:
-    """Refuse to open an existing collection with settings other than those it records (both values named)."""
+                    dims: int | None, dim: int | None, late: Any = None) -> None:
+    """Refuse to open an existing collection with settings other than those it records (both values named).
+    ``late``: the caller's ``late_interaction`` (True matches any stored codec; a precision or mapping must
+    match the recorded one)."""
+    if late is not None and late is not False:
+        want = late_request(late)
+        if settings.late is None or (late is not True and want != settings.late):
+            raise SettingsMismatchError(
+                f"collection {settings.name!r} was created with late_interaction={settings.late!r}; opened with "
+                f"late_interaction={want!r} (token vectors are chosen at creation: re-embed into a new collection)"
+            )
     given = {"metric": metric.value if metric else None, "precision": precision.value if precision else None,
              "dims": dims, "dim": dim}
     stored = {"metric": settings.metric.value, "precision": settings.precision.value, "dims": settings.dims,
@@ -198,4 +243,4 @@ class OpenOptions:
 
 
 __all__ = ["CollectionSettings", "OpenOptions", "check_encoder", "check_name", "check_requested", "default_store",
-           "fingerprints_compatible", "is_postgres", "new_identity", "new_settings", "positive_int"]
+           "fingerprints_compatible", "is_postgres", "late_request", "new_identity", "new_settings", "positive_int"]

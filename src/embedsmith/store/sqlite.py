@@ -48,7 +48,7 @@ from ..errors import (
 from ..types import Encoder, Hits, Metric, Precision
 from .ann import FORMAT as ANN_FORMAT
 from .ann import AnnIndex, DamagedIndexError, IndexNotSavedError, IndexSpec, locked, verify_file
-from .base import Candidate, Collection, RecordBatch, Store, VerifyReport, best_first
+from .base import Candidate, Collection, RecordBatch, Store, VerifyReport, best_first, same_codec
 from .bm25 import INDEXED, match_expression
 from .filters import NO_FILTER, CompiledFilter, Where, compile_where, sqlite_json_path
 from .lexical import FILE as LEX_FILE
@@ -75,7 +75,12 @@ CREATE TABLE IF NOT EXISTS records(
 );
 CREATE UNIQUE INDEX IF NOT EXISTS records_live_id ON records(id) WHERE deleted = 0;
 CREATE INDEX IF NOT EXISTS records_dead ON records(seq) WHERE deleted = 1;
+-- late interaction (collections created with late_interaction=...): each live row's token vectors in the
+-- collection's TokenCodec, written, deleted and compacted in the same transactions as the row
+CREATE TABLE IF NOT EXISTS tokens(seq INTEGER PRIMARY KEY, n INTEGER NOT NULL, vectors BLOB NOT NULL);
 """
+#: Tokens the first write to a collection with a PCA token codec must hold (the PCA is fitted on them).
+PCA_MIN_TOKENS = 1000
 
 
 class IndexRebuildWarning(RuntimeWarning):
@@ -165,6 +170,7 @@ class SqliteCollection(Collection):
         self._lex_unsaved = False
         self._lex_lock = threading.Lock()
         self._writes = 0  # commits through this handle (data_version counts only other connections')
+        self._codec: Any = None  # the fitted TokenCodec of stored token vectors, read from meta (late interaction)
         with self._errors(), self._lock:
             with self._read():
                 self._index = self._load_index()
@@ -203,8 +209,12 @@ class SqliteCollection(Collection):
     def _check_meta(self) -> None:
         """Inside a transaction: the collection is not marked deleted, and a compaction elsewhere is noticed."""
         meta = dict(self._conn.execute(
-            "SELECT key, value FROM meta WHERE key IN ('deleted', 'generation', 'indexes')"))
+            "SELECT key, value FROM meta WHERE key IN ('deleted', 'generation', 'indexes', 'late_codec')"))
         self._indexed = frozenset(json.loads(meta.get("indexes", "[]")))
+        if self.settings.late is not None and self._codec is None and meta.get("late_codec"):
+            from ..rerankers.late_interaction import TokenCodec
+
+            self._codec = TokenCodec.from_dict(json.loads(meta["late_codec"]))
         if meta.get("deleted"):
             self._gone = True
             raise CollectionNotFoundError(f"collection {self.name!r} was deleted by another process; open it again")
@@ -433,21 +443,98 @@ class SqliteCollection(Collection):
                     f"SELECT id FROM records WHERE deleted = 0 AND id IN ({_marks(len(part))})", tuple(part))]
         return found
 
-    @staticmethod
-    def _soft_delete(db: sqlite3.Connection, cond: str, params: Sequence[Any]) -> list[int]:
-        """Flag rows deleted, inside the caller's transaction; their sequence numbers."""
-        return [r[0] for r in db.execute(f"UPDATE records SET deleted = 1 WHERE {cond} RETURNING seq", tuple(params))]
+    def _soft_delete(self, db: sqlite3.Connection, cond: str, params: Sequence[Any]) -> list[int]:
+        """Flag rows deleted (and drop their token vectors), inside the caller's transaction; their sequence
+        numbers."""
+        seqs = [r[0] for r in db.execute(f"UPDATE records SET deleted = 1 WHERE {cond} RETURNING seq", tuple(params))]
+        if self.settings.late is not None:
+            for part in _chunks(seqs):
+                db.execute(f"DELETE FROM tokens WHERE seq IN ({_marks(len(part))})", tuple(part))
+        return seqs
+
+    # -- stored token vectors (late interaction) ------------------------------------------------------
+    def _token_codec(self) -> Any:
+        if self._codec is not None:
+            return self._codec
+        with self._lock:
+            self._sync()  # another process may have fitted the codec's PCA
+        return self._codec if self._codec is not None else super()._token_codec()
+
+    def _write_codec(self, db: sqlite3.Connection, tokens: Sequence[np.ndarray] | None) -> Any:
+        """Inside the write transaction: the collection's codec, its PCA fitted now (on this first write's
+        tokens) and recorded when it has none yet. The caller keeps it (``self._codec``) once it committed: a
+        fit rolled back with its write must not be used by the next one."""
+        if self._codec is not None:
+            return self._codec
+        codec = super()._token_codec()
+        if not codec.fitted:
+            have = [t for t in tokens or () if len(t)]
+            total = sum(len(t) for t in have)
+            if total < max(PCA_MIN_TOKENS, 2 * (codec.dims or 0)):
+                raise InvalidInputError(
+                    f"collection {self.name!r} reduces token vectors by a PCA fitted on its first write, which needs "
+                    f"at least {max(PCA_MIN_TOKENS, 2 * (codec.dims or 0))} tokens; this one has {total}: write a "
+                    "larger first batch")
+            codec = codec.fit(np.concatenate(have))
+        db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('late_codec', ?)", (json.dumps(codec.to_dict()),))
+        return codec
+
+    def _adopt_codec(self, codec: Any) -> None:
+        with self._lock:
+            with self._write() as db:
+                if self._codec is not None and not same_codec(self._codec, codec):
+                    raise StoreError(f"collection {self.name!r} already has another token codec")
+                db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('late_codec', ?)",
+                           (json.dumps(codec.to_dict()),))
+            self._writes += 1
+            self._codec = codec
+
+    def _late_tokens(self, ids: list[str], texts: list[str]) -> tuple[Any, list[np.ndarray]]:
+        codec = self._token_codec()
+        width = codec.dims or self.settings.dim
+        found: dict[str, np.ndarray] = {}
+        with self._lock:
+            self._check_alive(strict=False)
+            for part in _chunks(ids):
+                for rid, n, blob in self._conn.execute(
+                        "SELECT r.id, t.n, t.vectors FROM records r JOIN tokens t ON t.seq = r.seq "
+                        f"WHERE r.deleted = 0 AND r.id IN ({_marks(len(part))})", tuple(part)):
+                    found[rid] = codec.decode(blob, n, width)
+        lacking = [i for i, rid in enumerate(ids) if rid not in found]
+        if lacking:  # e.g. a record written meanwhile, or deleted since it was found: from its text, as stored
+            enc: Any = self.encoder
+            fresh = enc.token_vectors([texts[i] for i in lacking], kind="document")
+            for i, tv in zip(lacking, fresh, strict=True):
+                found[ids[i]] = codec.decode(codec.encode(tv), len(tv), width)
+        return codec, [found[rid] for rid in ids]
+
+    def _late_stats(self) -> dict[str, Any]:
+        with self._lock:
+            self._check_alive()
+            with self._read():
+                rows, tokens, size = self._conn.execute(
+                    "SELECT COUNT(*), COALESCE(SUM(n), 0), COALESCE(SUM(length(vectors)), 0) FROM tokens").fetchone()
+        codec = self._token_codec()
+        return {"precision": codec.precision, "dims": codec.dims, "fitted": codec.fitted, "rows": int(rows),
+                "tokens": int(tokens), "bytes": int(size),
+                "tokens_per_chunk": round(tokens / rows, 1) if rows else 0.0,
+                "bytes_per_chunk": round(size / rows) if rows else 0}
 
     def _insert(
         self, ids: list[str], texts: Sequence[str | None], meta: list[str], vectors: np.ndarray, *, replace: bool,
         delete_where: CompiledFilter | None = None, index_texts: Sequence[str | None] | None = None,
+        tokens: Sequence[np.ndarray] | None = None, token_blobs: Sequence[tuple[int, bytes] | None] | None = None,
     ) -> None:
         if not ids and delete_where is None:
             return
         extra = [None if x == t else x for x, t in zip(index_texts, texts, strict=True)] \
             if index_texts is not None else [None] * len(ids)
+        late = self.settings.late is not None
+        if late and tokens is None and token_blobs is None and ids:
+            raise InvalidInputError(f"collection {self.name!r} stores token vectors; none were given")
         with self._lock:
             replaced: list[int] = []
+            codec = None
             with self._write() as db:
                 if replace:
                     for part in _chunks(ids):
@@ -459,7 +546,20 @@ class SqliteCollection(Collection):
                     "INSERT INTO records(id, text, metadata, vector, index_text) VALUES (?, ?, ?, ?, ?)",
                     zip(ids, texts, meta, (row.tobytes() for row in vectors), extra, strict=True),
                 )
+                if late and ids:
+                    blobs: list[tuple[int, bytes] | None] = \
+                        list(token_blobs) if token_blobs is not None else [None] * len(ids)
+                    todo = [i for i, b in enumerate(blobs) if b is None]
+                    codec = self._write_codec(db, [tokens[i] for i in todo] if tokens is not None else None)
+                    for i in todo:
+                        if tokens is None:
+                            raise InvalidInputError(f"record {ids[i]!r} has no token vectors")
+                        blobs[i] = (len(tokens[i]), codec.encode(tokens[i]))
+                    db.executemany("INSERT INTO tokens(seq, n, vectors) VALUES (?, ?, ?)",
+                                   ((first + i, b[0], b[1]) for i, b in enumerate(blobs) if b is not None))
             # Committed. The index was caught up inside the transaction, so these rows come next.
+            if codec is not None:
+                self._codec = codec
             self._writes += 1
             seqs = range(first, first + len(ids))
             self._index.add(np.arange(first, first + len(ids), dtype=np.int64), vectors)
@@ -491,6 +591,8 @@ class SqliteCollection(Collection):
         with self._lock:
             with self._write() as db:
                 dropped = db.execute("DELETE FROM records WHERE deleted = 1").rowcount
+                if self.settings.late is not None:  # none should be left; a row's tokens never outlive it
+                    db.execute("DELETE FROM tokens WHERE seq NOT IN (SELECT seq FROM records WHERE deleted = 0)")
                 db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('generation', ?)",
                            (str(self._generation + 1),))
             self._generation += 1
@@ -864,7 +966,7 @@ class SqliteCollection(Collection):
         conn = _connect_read_only(self._db_path, self._options.lock_timeout, immutable=self._immutable)
         try:
             conn.execute("BEGIN")
-            yield from _live_records(conn, batch, self.settings.dim)
+            yield from _live_records(conn, batch, self.settings.dim, self.settings.late is not None)
         finally:
             conn.close()
 
@@ -895,6 +997,8 @@ class SqliteCollection(Collection):
                 dst.execute("PRAGMA journal_mode=DELETE")
                 # The snapshot holds live records only.
                 dst.execute("DELETE FROM records WHERE deleted = 1")
+                if self.settings.late is not None:
+                    dst.execute("DELETE FROM tokens WHERE seq NOT IN (SELECT seq FROM records)")
                 dst.execute("VACUUM")
                 return int(dst.execute("SELECT COUNT(*) FROM records WHERE deleted = 0").fetchone()[0])
             finally:
@@ -986,12 +1090,58 @@ class SqliteCollection(Collection):
                 except DamagedIndexError as exc:
                     report.checks["bm25_file"] = "damaged"
                     report.problem(f"{exc}; repair removes it (it is rebuilt from the rows)")
+                if self.settings.late is not None:
+                    lacking, extra = self._token_gaps()
+                    report.checks["token_vectors"] = {"missing": lacking, "extra": extra}
+                    if lacking:
+                        report.problem(f"{lacking} live record(s) have no stored token vectors; repair computes them")
+                    if extra:
+                        report.problem(f"{extra} stored token vector row(s) belong to no live record; repair drops "
+                                       "them")
                 in_memory = self._rows_through(self._index.last_seq)
                 if in_memory != self._index.ntotal:
                     report.problem(f"this handle's ANN index holds {self._index.ntotal} vectors; the database has "
                                    f"{in_memory} rows up to its stamp; repair rebuilds it")
 
+    def _token_gaps(self) -> tuple[int, int]:
+        """Inside a read transaction: live records without token rows, and token rows of no live record."""
+        missing = self._conn.execute("SELECT COUNT(*) FROM records r WHERE r.deleted = 0 AND NOT EXISTS "
+                                     "(SELECT 1 FROM tokens t WHERE t.seq = r.seq)").fetchone()[0]
+        extra = self._conn.execute("SELECT COUNT(*) FROM tokens t WHERE NOT EXISTS "
+                                   "(SELECT 1 FROM records r WHERE r.seq = t.seq AND r.deleted = 0)").fetchone()[0]
+        return int(missing), int(extra)
+
+    def _repair_tokens(self) -> dict[str, int]:
+        """Drop token rows of no live record; compute those of live records that lack them (from their texts)."""
+        with self._lock:
+            with self._read():
+                todo = self._conn.execute(
+                    "SELECT r.seq, COALESCE(r.index_text, r.text) FROM records r WHERE r.deleted = 0 AND NOT EXISTS "
+                    "(SELECT 1 FROM tokens t WHERE t.seq = r.seq)").fetchall()
+        textless = [seq for seq, text in todo if not text]
+        todo = [(seq, text) for seq, text in todo if text]
+        # Encoded outside the write lock (it may take a while); written only where still missing.
+        enc: Any = self.encoder
+        fresh = enc.token_vectors([t for _, t in todo], kind="document") if todo else []
+        with self._lock:
+            with self._write() as db:
+                dropped = db.execute("DELETE FROM tokens WHERE seq NOT IN "
+                                     "(SELECT seq FROM records WHERE deleted = 0)").rowcount
+                codec = self._write_codec(db, fresh) if fresh else None
+                added = 0
+                for (seq, _), tv in zip(todo, fresh, strict=True):
+                    assert codec is not None  # set whenever there is something to add
+                    added += db.execute(
+                        "INSERT INTO tokens(seq, n, vectors) SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM records "
+                        "WHERE seq = ? AND deleted = 0) AND NOT EXISTS (SELECT 1 FROM tokens WHERE seq = ?)",
+                        (seq, len(tv), codec.encode(tv), seq, seq)).rowcount
+            if codec is not None:
+                self._codec = codec
+            self._writes += 1
+        return {"token_rows_added": added, "token_rows_dropped": int(dropped), "token_rows_textless": len(textless)}
+
     def _repair(self) -> dict[str, Any]:
+        tokens = self._repair_tokens() if self.settings.late is not None else {}
         with self._lock:
             with self._write() as db:
                 if not self.settings.identity:
@@ -1008,7 +1158,7 @@ class SqliteCollection(Collection):
             with self._lex_lock:  # rebuilt from the rows on the next bm25 search, and saved on close
                 (self.folder / LEX_FILE).unlink(missing_ok=True)
                 self._lex, self._lex_key = None, None
-            return {"ann_vectors": vectors, "bm25_rows": int(bm25_rows)}
+            return {"ann_vectors": vectors, "bm25_rows": int(bm25_rows), **tokens}
 
     def _close(self) -> None:
         """Save the ANN index and the BM25 matrix if they changed (and the collection is still this handle's),
@@ -1101,6 +1251,8 @@ def _upgrade(conn: sqlite3.Connection, name: str, version: int) -> None:
         if "index_text" not in columns:
             conn.execute("ALTER TABLE records ADD COLUMN index_text TEXT")
         conn.execute("DROP TABLE IF EXISTS fts")
+        conn.execute("CREATE TABLE IF NOT EXISTS tokens(seq INTEGER PRIMARY KEY, n INTEGER NOT NULL, "
+                     "vectors BLOB NOT NULL)")
         conn.execute("DROP VIEW IF EXISTS records_search")
         conn.execute("CREATE INDEX IF NOT EXISTS records_dead ON records(seq) WHERE deleted = 1")
         conn.execute("UPDATE meta SET value = ? WHERE key = 'format_version'", (str(FORMAT_VERSION),))
@@ -1255,13 +1407,22 @@ class FolderStore(Store):
 
 
 # -- snapshots -----------------------------------------------------------------------------------------------
-def _live_records(conn: sqlite3.Connection, batch: int, dim: int) -> Iterator[RecordBatch]:
-    """Live rows of a collection database in write order, ``batch`` at a time (export and snapshots)."""
-    cur = conn.execute("SELECT id, text, index_text, metadata, vector FROM records WHERE deleted = 0 ORDER BY seq")
+def _live_records(conn: sqlite3.Connection, batch: int, dim: int, late: bool = False) -> Iterator[RecordBatch]:
+    """Live rows of a collection database in write order, ``batch`` at a time (export and snapshots); with
+    ``late``, each with its stored token vectors and the codec they are in."""
+    codec = None
+    if late:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'late_codec'").fetchone()
+        codec = json.loads(row[0]) if row else None
+        cur = conn.execute("SELECT r.id, r.text, r.index_text, r.metadata, r.vector, t.n, t.vectors FROM records r "
+                           "LEFT JOIN tokens t ON t.seq = r.seq WHERE r.deleted = 0 ORDER BY r.seq")
+    else:
+        cur = conn.execute("SELECT id, text, index_text, metadata, vector FROM records WHERE deleted = 0 ORDER BY seq")
     while rows := cur.fetchmany(batch):
         vectors = np.frombuffer(b"".join(r[4] for r in rows), np.float32).reshape(len(rows), dim)
+        tokens = [(r[5], r[6]) if r[6] is not None else None for r in rows] if late else None
         yield RecordBatch([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
-                          [_metadata(r[3]) for r in rows], vectors)
+                          [_metadata(r[3]) for r in rows], vectors, tokens, codec)
 
 
 def write_snapshot(path: Path, settings: CollectionSettings, batches: Iterator[RecordBatch],
@@ -1277,10 +1438,17 @@ def write_snapshot(path: Path, settings: CollectionSettings, batches: Iterator[R
         conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('indexes', ?)", (json.dumps(sorted(indexes)),))
         for b in batches:
             extra = [None if x == t else x for x, t in zip(b.index_texts, b.texts, strict=True)]
+            top = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
+            start = (int(top[0]) if top else 0) + 1
             conn.executemany(
                 "INSERT INTO records(id, text, metadata, vector, index_text) VALUES (?, ?, ?, ?, ?)",
                 zip(b.ids, b.texts, (json.dumps(m, ensure_ascii=False) for m in b.metadata),
                     (np.ascontiguousarray(v, np.float32).tobytes() for v in b.vectors), extra, strict=True))
+            if b.tokens is not None and b.token_codec is not None:
+                conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('late_codec', ?)",
+                             (json.dumps(b.token_codec),))
+                conn.executemany("INSERT INTO tokens(seq, n, vectors) VALUES (?, ?, ?)",
+                                 ((start + i, t[0], t[1]) for i, t in enumerate(b.tokens) if t is not None))
             n += len(b.ids)
         conn.execute("COMMIT")
     finally:
@@ -1304,7 +1472,7 @@ def read_snapshot(path: Path, batch: int = 2000
 
     def batches() -> Iterator[RecordBatch]:
         try:
-            yield from _live_records(conn, batch, settings.dim)
+            yield from _live_records(conn, batch, settings.dim, settings.late is not None)
         except sqlite3.Error as exc:
             raise translate(exc, f"cannot read snapshot {str(path)!r}") from exc
         finally:
