@@ -13,7 +13,6 @@ single vector: it serves as a first stage where a collection needs one, and is w
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +21,10 @@ import numpy as np
 from ..errors import InvalidInputError, require
 from ..types import Kind
 from .base import BaseEncoder, file_digest
-from .folder import ModelFolder
+from .folder import ModelFolder, _read_json
 
 #: ``model_type`` in config_sentence_transformers.json: sentence-transformers' own, and PyLate's (<= 1.3).
 MULTI_VECTOR_TYPES = ("MultiVectorEncoder", "ColBERT")
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def is_multi_vector_folder(path: str | Path) -> bool:

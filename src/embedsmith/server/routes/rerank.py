@@ -37,13 +37,19 @@ async def rerank(body: s.RerankRequest, service: ServiceDep) -> dict[str, Any]:
     docs = [d if isinstance(d, str) else d.text for d in body.documents]
     service.check_texts(docs, "documents")
     order = await run_in_threadpool(service.reranker.rerank, body.query, docs, top_n=body.top_n)
+    return _answer(body, docs, order, str(service.reranker_name))
+
+
+def _answer(body: s.RerankRequest, docs: list[str], order: list[tuple[int, float, float]], model: str
+            ) -> dict[str, Any]:
+    """The Cohere/Jina rerank answer for ``order`` ((index, score, logit) best first)."""
     results = []
-    for index, prob, logit in order:
-        r: dict[str, Any] = {"index": index, "relevance_score": prob, "relevance_logit": logit}
+    for index, score, logit in order:
+        r: dict[str, Any] = {"index": index, "relevance_score": score, "relevance_logit": logit}
         if body.return_documents:
             r["document"] = {"text": docs[index]}
         results.append(r)
-    return {"id": uuid.uuid4().hex, "model": service.reranker_name, "results": results}
+    return {"id": uuid.uuid4().hex, "model": model, "results": results}
 
 
 async def _maxsim(body: s.RerankRequest, service: ServiceDep) -> dict[str, Any]:
@@ -55,10 +61,4 @@ async def _maxsim(body: s.RerankRequest, service: ServiceDep) -> dict[str, Any]:
         order = await run_in_threadpool(scorer.rerank, body.query, docs, top_n=body.top_n)
     except NoTokenVectorsError as exc:  # a served encoder without token states (static, remote)
         raise APIError(400, str(exc), param="model", code="no_token_vectors") from None
-    results = []
-    for index, score, _ in order:
-        r: dict[str, Any] = {"index": index, "relevance_score": score, "relevance_logit": score}
-        if body.return_documents:
-            r["document"] = {"text": docs[index]}
-        results.append(r)
-    return {"id": uuid.uuid4().hex, "model": name, "results": results}
+    return _answer(body, docs, order, name)  # MaxSim is both the score and the logit
