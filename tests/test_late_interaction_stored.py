@@ -128,6 +128,28 @@ def test_hybrid_late_interaction_reads_stored_vectors(default, monkeypatch) -> N
     assert len(hits.ids) == 10 and counted.calls == 1
 
 
+def test_a_search_encodes_the_query_once_for_its_vector_and_its_token_vectors(f16, monkeypatch) -> None:
+    enc = f16.encoder
+    passes: list[str] = []
+    for name in ("_embed", "_embed_tokens"):  # every forward pass goes through one of these
+        inner = getattr(enc, name)
+        monkeypatch.setattr(enc, name, lambda *a, _inner=inner, _name=name, **kw: passes.append(_name) or
+                            _inner(*a, **kw))
+    li = LateInteraction()
+    hits = f16.search(QUERY, k=10, rerank=li, candidates=20)
+    assert passes == ["_embed_tokens"]
+    hybrid = f16.search(QUERY, k=10, mode="hybrid", late_interaction=True)
+    assert passes == ["_embed_tokens"] * 2 and len(hybrid.ids) == 10
+    monkeypatch.undo()
+    # The same scores as MaxSim with the query encoded on its own, and the same first stage as a plain search
+    fresh = LateInteraction().scores(QUERY, list(map(str, hits.texts)), coll=f16, ids=hits.ids)
+    assert np.allclose(hits.scores, fresh, atol=1e-5)
+    plain = f16.search(QUERY, k=20)
+    primed = f16.search(QUERY, k=20, rerank=LateInteraction(), candidates=20)
+    assert set(primed.ids) == set(plain.ids) and np.allclose(sorted(primed.first_stage_scores), sorted(plain.scores),
+                                                             atol=1e-5)
+
+
 def test_codec_is_recorded_and_checked_on_open(f16, default, root, minilm_onnx) -> None:
     with open_collection("default", store=root, encoder=minilm_onnx) as again:
         assert again.late_interaction is not None and again.late_interaction.precision == "int2"

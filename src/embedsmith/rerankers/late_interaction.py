@@ -218,6 +218,25 @@ class LateInteraction:
         self.special_tokens = bool(special_tokens)
         self.last_latency_s = 0.0
         self.backend = "maxsim"
+        #: (query, encoder, token vectors) handed over by a search that embedded the query in one pass
+        self._primed: tuple[str, Any, np.ndarray] | None = None
+
+    def prime(self, query: str, encoder: Any, tokens: np.ndarray) -> None:
+        """Hand over ``query``'s token vectors [m, dim] from ``encoder``, computed by the search in the same
+        forward pass as its pooled vector, so that scoring it does not encode the query again. One entry,
+        replaced whole (a single assignment): a search in another thread that replaces it only costs a
+        recomputation here, never a wrong answer, because the query text and encoder are checked."""
+        self._primed = (query, encoder, tokens)
+
+    def _query_tokens(self, enc: Any, query: str) -> np.ndarray:
+        primed = self._primed
+        if primed is not None and primed[0] == query and primed[1] is enc:
+            return primed[2]
+        return enc.token_vectors([query], kind="query", special_tokens=self.special_tokens)[0]
+
+    def scoring_encoder(self, coll: Collection) -> Any:
+        """The encoder whose query token vectors a search in ``coll`` will score with."""
+        return self._encoder_for(coll)
 
     def _encoder_for(self, coll: Collection | None) -> Any:
         if self.encoder is not None:
@@ -235,7 +254,7 @@ class LateInteraction:
         start = time.perf_counter()
         enc = self._encoder_for(coll)
         stored = coll is not None and ids is not None and self._use_stored(coll, enc)
-        q = enc.token_vectors([query], kind="query", special_tokens=self.special_tokens)[0]
+        q = self._query_tokens(enc, query)
         if stored:
             assert coll is not None and ids is not None  # narrowed above
             codec, docs = coll._late_tokens(list(ids), list(texts))

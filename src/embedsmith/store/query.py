@@ -174,10 +174,27 @@ def group_key(c: Candidate, field: str) -> Any:
     return ("value", value)
 
 
+def query_vector(coll: Collection, r: SearchRequest) -> np.ndarray:
+    """The query's checked vector. When a late-interaction stage will score this query with the collection's
+    own encoder, its token vectors come from the same forward pass and are handed to that stage: one encoder
+    call per search instead of two (about a fifth of a stored-MaxSim search's time on MiniLM)."""
+    from ..rerankers.late_interaction import LateInteraction
+
+    late = r.late if r.late is not None else r.rerank
+    if not (isinstance(late, LateInteraction) and isinstance(r.query, str) and r.query.strip()):
+        return coll._query_vector(r.query)
+    enc: Any = coll.encoder
+    if late.scoring_encoder(coll) is not enc or not hasattr(enc, "embed_tokens"):
+        return coll._query_vector(r.query)
+    pooled, tokens = enc.embed_tokens([r.query], kind="query", special_tokens=late.special_tokens)
+    late.prime(r.query, enc, tokens[0])
+    return coll._query_vector(pooled[0])
+
+
 def first_stage(coll: Collection, r: SearchRequest, flt: CompiledFilter) -> list[Candidate]:
     n = r.first_stage
     if r.mode == "dense":
-        return coll._dense(coll._query_vector(r.query), n, flt, ef=r.ef, exact=r.exact, rescore=r.rescore,
+        return coll._dense(query_vector(coll, r), n, flt, ef=r.ef, exact=r.exact, rescore=r.rescore,
                            light=r.light)
     if r.mode == "bm25":
         return coll._bm25(str(r.query), n, flt)
@@ -186,7 +203,7 @@ def first_stage(coll: Collection, r: SearchRequest, flt: CompiledFilter) -> list
     # searched: the database, onnxruntime and faiss all release the GIL, so hybrid costs max(), not sum.
     pending = coll._bm25_worker().submit(coll._bm25, str(r.query), pool, flt, reader=True)
     try:
-        dense = coll._dense(coll._query_vector(r.query), pool, flt, ef=r.ef, exact=r.exact, rescore=r.rescore)
+        dense = coll._dense(query_vector(coll, r), pool, flt, ef=r.ef, exact=r.exact, rescore=r.rescore)
     finally:
         sparse = pending.result()
     fused = r.fusion.fuse(dense, sparse)
