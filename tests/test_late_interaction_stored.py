@@ -299,3 +299,40 @@ def test_cli_index_late_interaction_then_search_maxsim(tmp_path) -> None:
     assert [h["id"] for h in hits["hits"]] == want.ids
     listed = json.loads(cli("collections", "--store", store, "--json"))
     assert listed[0]["late_interaction"]["rows"] == listed[0]["count"]
+
+
+WRITER = """
+import json, sys
+from embedsmith import load_encoder, open_collection
+rows = json.loads(sys.argv[3])
+with open_collection(sys.argv[2], store=sys.argv[1], encoder=load_encoder("minilm", backend="onnx")) as c:
+    c.add(rows)
+"""
+
+
+def test_another_process_writes_are_read_from_its_stored_tokens_and_share_its_pca(minilm_onnx, tmp_path,
+                                                                                   monkeypatch) -> None:
+    """A handle open before another process's first write: that process fits the PCA and writes rows with
+    their tokens; this handle then scores those rows from the stored tokens (no forward pass over them) and
+    its own writes use the PCA the other process fitted."""
+    store = tmp_path / "store"
+    here = open_collection("kb", store=store, encoder=minilm_onnx, late_interaction={"precision": "int8", "dims": 64})
+    theirs, mine = docs(20), docs(5, start=20)
+    proc = subprocess.run([sys.executable, "-c", WRITER, str(store), "kb", json.dumps(theirs)],
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    assert proc.returncode == 0, proc.stderr
+    passes: list[int] = []
+    inner = minilm_onnx._embed_tokens
+    monkeypatch.setattr(minilm_onnx, "_embed_tokens", lambda texts, *a, **kw: passes.append(len(texts)) or
+                        inner(texts, *a, **kw))
+    hits = here.search(theirs[3]["text"], k=3, rerank=LateInteraction(source="stored"), candidates=10)
+    assert hits.ids[0] == theirs[3]["id"] and passes == [1]  # the query alone: every candidate's tokens were read
+    monkeypatch.undo()
+    here.add(mine)
+    with open_collection("kb", store=store, create=False) as fresh:
+        assert fresh.late_interaction is not None and same_codec(fresh.late_interaction, here.late_interaction)
+        assert len(token_rows(fresh)) == fresh.count() == 25
+        assert fresh.verify().ok
+    again = here.search(mine[2]["text"], k=3, rerank=LateInteraction(source="stored"), candidates=10)
+    assert again.ids[0] == mine[2]["id"]
+    here.close()
